@@ -1,0 +1,38 @@
+# One way to set up and run, on a CPU laptop or a GPU box.
+# torch is installed first and pinned: on a CPU-only machine a bare range would pull a multi-GB CUDA build.
+# GPU users: `make venv TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"` or similar.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+CONFIG ?= experiments/configs/default.yaml
+
+.PHONY: venv search smoke test test-fast lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+search: venv  ## run the main job (the embedded synthetic task, CPU-friendly)
+	$(PY) experiments/search.py --config $(CONFIG)
+
+smoke: venv
+	$(PY) experiments/search.py --config experiments/configs/smoke.yaml
+
+test: venv  ## the whole suite, slow tests included
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

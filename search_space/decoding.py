@@ -1,0 +1,75 @@
+"""Decoding a searched supernet into a discrete architecture (paper Sec. 3.3 / 4.1, "Decoding").
+
+- `decode_cell`: per block, the two strongest distinct predecessors, ranked by their largest non-zero op
+  weight, each with its argmax non-zero op. Ties break towards the lower input index and the op listed
+  first in `PRIMITIVES`, so decoding is deterministic.
+- `decode_path`: Viterbi over the beta transition probabilities, starting from level 0 (rate 4) after the
+  stem: the path with the highest product of transition probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from search_space.genotypes import Block
+from search_space.operations import PRIMITIVES
+from search_space.trellis import DIRECTIONS, NUM_LEVELS, transition_probs
+
+
+def num_edges(blocks: int) -> int:
+    """Edges in a cell of ``blocks`` blocks: block i has i + 2 inputs (2 + 3 + ... + (B + 1))."""
+    return sum(i + 2 for i in range(blocks))
+
+
+def blocks_for_edges(edges: int) -> int:
+    blocks = 0
+    while num_edges(blocks) < edges:
+        blocks += 1
+    if num_edges(blocks) != edges:
+        raise ValueError(f"alpha has {edges} rows, which is no cell's edge count (2, 5, 9, 14, 20, ...)")
+    return blocks
+
+
+def decode_cell(alpha: torch.Tensor) -> tuple[Block, ...]:
+    """The discrete cell for alpha of shape ``[edges, len(PRIMITIVES)]``."""
+    if alpha.dim() != 2 or alpha.shape[1] != len(PRIMITIVES):
+        raise ValueError(f"alpha must have shape [edges, {len(PRIMITIVES)}], got {list(alpha.shape)}")
+    weights = torch.softmax(alpha.detach().float().cpu(), dim=-1)
+    nonzero = [k for k, name in enumerate(PRIMITIVES) if name != "none"]
+    weights = weights[:, nonzero]
+    cell, start = [], 0
+    for block in range(blocks_for_edges(alpha.shape[0])):
+        inputs = block + 2
+        w = weights[start:start + inputs]
+        strength, best = w.max(dim=1)  # max returns the first maximum: lowest PRIMITIVES index on ties
+        ranked = sorted(range(inputs), key=lambda j: (-float(strength[j]), j))[:2]
+        cell.append(tuple((PRIMITIVES[nonzero[int(best[j])]], j) for j in sorted(ranked)))
+        start += inputs
+    return tuple(cell)
+
+
+def decode_path(beta: torch.Tensor) -> tuple[int, ...]:
+    """Viterbi: the level sequence (layers 1..L) with the highest product of transition probabilities."""
+    probs = transition_probs(beta.detach().float().cpu()).double()
+    log_p = torch.log(probs)  # -inf for impossible edges
+    score = torch.full((NUM_LEVELS,), float("-inf"), dtype=torch.float64)
+    score[0] = 0.0
+    back = []
+    for layer in range(probs.shape[0]):
+        new = torch.full((NUM_LEVELS,), float("-inf"), dtype=torch.float64)
+        arg = [0] * NUM_LEVELS
+        for level in range(NUM_LEVELS):
+            for d, step in enumerate(DIRECTIONS):
+                src = level - step
+                if 0 <= src < NUM_LEVELS:
+                    cand = score[src] + log_p[layer, src, d]
+                    if cand > new[level]:
+                        new[level], arg[level] = cand, src
+        score = new
+        back.append(arg)
+    level = int(torch.argmax(score))
+    path = [level]
+    for arg in reversed(back[1:]):
+        level = arg[level]
+        path.append(level)
+    return tuple(reversed(path))

@@ -1,0 +1,136 @@
+"""The Auto-DeepLab supernet: stem, the L x 4 trellis of searchable cells, ASPP heads (paper Sec. 3, 4.1).
+
+The hidden state at (layer l, level j) is
+``sum over incoming edges e: P[e] * Cell(pre_e(H^{l-1}_src), pre_pp(H^{l-2}_j); alpha)``, where P is beta
+normalized over each source node's outgoing edges (`trellis.transition_probs`). The cell's mixed ops are
+shared by the node's incoming paths; each path has its own preprocessing to the node's block width
+F * 2^j: a stride-2 3x3 conv from the finer level, a 1x1 conv from the same level, bilinear upsampling then
+a 1x1 conv from the coarser level. Where H^{l-2} has no node at level j (early layers) the existing tensor
+of layer l-2 closest in size is bilinearly resampled. A node's output has B * F * 2^j channels.
+
+Only reachable nodes are built. Alpha and beta are registered parameters kept apart from the weights:
+`arch_parameters()` and `weight_parameters()` partition `parameters()`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from search_space.cell_search import SearchCell
+from search_space.decoding import decode_cell, decode_path, num_edges
+from search_space.genotypes import RATES, Genotype
+from search_space.heads import SearchASPP
+from search_space.operations import PRIMITIVES, ReLUConvBN, check_family
+from search_space.stem import Stem, level_sizes
+from search_space.trellis import NUM_LEVELS, incoming, reachable_levels, transition_probs
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def closest_level(available: tuple[int, ...], level: int) -> int:
+    """The available level nearest to ``level`` (the finer one on ties)."""
+    return min(available, key=lambda a: (abs(a - level), a))
+
+
+class Node(nn.Module):
+    """One trellis node: per-path preprocessing, H^{l-2} preprocessing and the shared searchable cell."""
+
+    def __init__(self, level: int, sources: dict[int, int], pp_channels: int, blocks: int, width: int,
+                 ops: str):
+        super().__init__()
+        self.level = level
+        self.pre = nn.ModuleDict()
+        for src, c_src in sources.items():
+            stride, kernel = (2, 3) if src < level else (1, 1)
+            self.pre[str(src)] = ReLUConvBN(c_src, width, kernel, stride)
+        self.pre_pp = ReLUConvBN(pp_channels, width, 1)
+        self.cell = SearchCell(width, blocks, ops)
+
+    def forward(self, prev: dict[int, torch.Tensor], pp: torch.Tensor, probs: dict[int, torch.Tensor],
+                weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        paths = [self.pre[str(src)](resize(prev[src], size) if src > self.level else prev[src])
+                 for src in probs]
+        outs = self.cell(self.pre_pp(resize(pp, size)), paths, weights)
+        total = probs[next(iter(probs))] * outs[0]
+        for p, out in zip(list(probs.values())[1:], outs[1:], strict=True):
+            total = total + p * out
+        return total
+
+
+class SuperNet(nn.Module):
+    """The continuous relaxation of the Auto-DeepLab search space.
+
+    Args:
+        num_classes: output channels of the heads.
+        layers: L, the number of cell layers after the stem.
+        blocks: B, blocks per cell.
+        filter_multiplier: F; a node at rate s has B * F * s / 4 channels.
+        ops: op family, "paper" or "darts" (see `operations`).
+        stem_channels: filters of the three stem convs.
+    """
+
+    def __init__(self, num_classes: int, layers: int = 12, blocks: int = 5, filter_multiplier: int = 8,
+                 ops: str = "paper", stem_channels: tuple[int, int, int] = (64, 64, 128)):
+        super().__init__()
+        if layers < 1 or blocks < 1 or filter_multiplier < 1 or num_classes < 1:
+            raise ValueError("SuperNet needs layers, blocks, filter_multiplier and num_classes >= 1, got "
+                             f"{layers}, {blocks}, {filter_multiplier}, {num_classes}")
+        self.num_classes, self.layers, self.blocks = num_classes, layers, blocks
+        self.filter_multiplier, self.ops = filter_multiplier, check_family(ops)
+        self.stem = Stem(stem_channels)
+        self.nodes = nn.ModuleDict()
+        self.pp_source: dict[tuple[int, int], int] = {}
+        # Channels per (layer, level); the stem's rate-2 output is layer -1 at "level -1".
+        channels = {(-1, -1): stem_channels[1], (0, 0): stem_channels[2]}
+        for layer in range(1, layers + 1):
+            for level in reachable_levels(layer):
+                width = filter_multiplier * 2**level
+                sources = {src: channels[(layer - 1, src)] for src, _ in incoming(layer, level)}
+                pp_levels = reachable_levels(layer - 2) if layer >= 2 else (-1,)
+                pp = closest_level(pp_levels, level)
+                self.pp_source[(layer, level)] = pp
+                self.nodes[f"{layer}_{level}"] = Node(level, sources, channels[(layer - 2, pp)], blocks,
+                                                      width, ops)
+                channels[(layer, level)] = blocks * width
+        self.heads = nn.ModuleDict({
+            str(level): SearchASPP(channels[(layers, level)], num_classes, 96 // RATES[level])
+            for level in reachable_levels(layers)
+        })
+        self.alpha = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(PRIMITIVES)))
+        self.beta = nn.Parameter(1e-3 * torch.randn(layers, NUM_LEVELS, 3))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha, self.beta]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def genotype(self) -> Genotype:
+        return Genotype(cell=decode_cell(self.alpha), path=decode_path(self.beta))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rate2, rate4 = self.stem(x)
+        sizes = level_sizes(tuple(rate4.shape[2:]), NUM_LEVELS)
+        weights = torch.softmax(self.alpha, dim=-1)
+        trans = transition_probs(self.beta)
+        prev_prev, prev = {-1: rate2}, {0: rate4}
+        for layer in range(1, self.layers + 1):
+            cur = {}
+            for level in reachable_levels(layer):
+                probs = {src: trans[layer - 1, src, d] for src, d in incoming(layer, level)}
+                pp = prev_prev[self.pp_source[(layer, level)]]
+                cur[level] = self.nodes[f"{layer}_{level}"](prev, pp, probs, weights, sizes[level])
+            prev_prev, prev = prev, cur
+        out_size = x.shape[2:]
+        logits = None
+        for level, head in self.heads.items():
+            y = resize(head(prev[int(level)]), out_size)
+            logits = y if logits is None else logits + y
+        return logits
