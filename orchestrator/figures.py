@@ -1,0 +1,67 @@
+"""Pictures of a decoded architecture: the network path over the L x 4 trellis and the cell's DAG.
+
+Both return matplotlib figures (Agg backend, no display needed); `orchestrator.atomic.save_figure` writes them.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from search_space.genotypes import RATES, Genotype  # noqa: E402
+from search_space.trellis import reachable_levels  # noqa: E402
+
+
+def path_figure(genotype: Genotype, title: str = "decoded network path"):
+    """The trellis (layers x rates) with reachable nodes as dots and the decoded path drawn over it."""
+    layers = genotype.layers
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * layers + 1.5), 3.0))
+    for layer in range(layers + 1):
+        for level in reachable_levels(layer):
+            ax.plot(layer, level, "o", color="0.8", markersize=6, zorder=1)
+    xs = list(range(layers + 1))
+    ys = [0, *genotype.path]
+    ax.plot(xs, ys, "-o", color="tab:red", linewidth=2.5, markersize=8, zorder=2)
+    ax.set_xticks(xs, ["stem", *[str(i) for i in range(1, layers + 1)]])
+    ax.set_yticks(range(len(RATES)), [f"1/{r}" for r in RATES])
+    ax.invert_yaxis()
+    ax.set_xlabel("layer")
+    ax.set_ylabel("downsample rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def cell_figure(genotype: Genotype, title: str = "decoded cell"):
+    """The cell as a DAG: inputs H^{l-2}, H^{l-1} on the left, blocks in order, concat on the right."""
+    blocks = genotype.blocks
+    names = ["H(l-2)", "H(l-1)"] + [f"B{b + 1}" for b in range(blocks)]
+    pos = {0: (0.0, 1.6), 1: (0.0, -1.6)}
+    for b in range(blocks):
+        pos[b + 2] = (1.8 + 1.8 * b, 0.7 if b % 2 == 0 else -0.7)
+    out = (1.8 + 1.8 * blocks, 0.0)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * blocks, 3.6))
+    colors = plt.get_cmap("tab10")
+    ops = sorted({op for block in genotype.cell for op, _ in block})
+    for b, block in enumerate(genotype.cell):
+        for op, inp in block:
+            (x0, y0), (x1, y1) = pos[inp], pos[b + 2]
+            color = colors(ops.index(op) % 10)
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                        arrowprops=dict(arrowstyle="->", color=color, lw=1.8, shrinkA=14, shrinkB=14,
+                                        connectionstyle="arc3,rad=0.15"))
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2, op, fontsize=7, color=color, ha="center", va="center",
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
+        ax.annotate("", xy=out, xytext=pos[b + 2],
+                    arrowprops=dict(arrowstyle="->", color="0.7", lw=0.8, shrinkA=14, shrinkB=14))
+    for k, (x, y) in pos.items():
+        ax.text(x, y, names[k], ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round", facecolor="lightyellow" if k < 2 else "lightblue"))
+    ax.text(*out, "concat", ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", facecolor="0.9"))
+    ax.set_xlim(-0.8, out[0] + 0.8)
+    ax.set_ylim(-2.2, 2.2)
+    ax.axis("off")
+    ax.set_title(title)
+    return fig
