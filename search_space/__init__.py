@@ -2,13 +2,13 @@
 
 from search_space.decoding import decode_cell, decode_path, num_edges
 from search_space.discrete import DiscreteCell, DiscreteNet, autodeeplab
-from search_space.genotypes import AUTODEEPLAB, RATES, VARIANTS, Genotype
+from search_space.genotypes import AUTODEEPLAB, RATES, VARIANTS, Genotype, GenotypeError
 from search_space.operations import OP_FAMILIES, OPS, PRIMITIVES
 from search_space.supernet import SuperNet
 from search_space.trellis import beta_mask, reachable_levels, transition_probs
 
 __all__ = [
     "AUTODEEPLAB", "OPS", "OP_FAMILIES", "PRIMITIVES", "RATES", "VARIANTS", "DiscreteCell", "DiscreteNet",
-    "Genotype", "SuperNet", "autodeeplab", "beta_mask", "decode_cell", "decode_path", "num_edges",
+    "Genotype", "GenotypeError", "SuperNet", "autodeeplab", "beta_mask", "decode_cell", "decode_path", "num_edges",
     "reachable_levels", "transition_probs",
 ]

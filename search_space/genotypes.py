@@ -24,18 +24,22 @@ RATES: tuple[int, ...] = (4, 8, 16, 32)
 Block = tuple[tuple[str, int], tuple[str, int]]
 
 
+class GenotypeError(ValueError):
+    """A genotype that is not a legal architecture; the message says what is wrong and where."""
+
+
 def _check_cell(cell: tuple) -> None:
     if len(cell) == 0:
-        raise ValueError("genotype cell is empty: expected at least one block of two (op, input) pairs")
+        raise GenotypeError("genotype cell is empty: expected at least one block of two (op, input) pairs")
     for b, block in enumerate(cell):
         if len(block) != 2:
-            raise ValueError(f"genotype cell block {b} has {len(block)} inputs: expected exactly 2 (op, input)")
+            raise GenotypeError(f"genotype cell block {b} has {len(block)} inputs: expected exactly 2 (op, input)")
         for op, inp in block:
             if op not in PRIMITIVES or op == "none":
                 valid = ", ".join(p for p in PRIMITIVES if p != "none")
-                raise ValueError(f"genotype cell block {b}: unknown op {op!r}: expected one of {valid}")
+                raise GenotypeError(f"genotype cell block {b}: unknown op {op!r}: expected one of {valid}")
             if not isinstance(inp, int) or isinstance(inp, bool) or not 0 <= inp < b + 2:
-                raise ValueError(
+                raise GenotypeError(
                     f"genotype cell block {b}: input {inp!r} is out of range: block {b} may take inputs "
                     f"0..{b + 1} (0 = H^(l-2), 1 = H^(l-1), 2.. = earlier blocks)"
                 )
@@ -43,16 +47,16 @@ def _check_cell(cell: tuple) -> None:
 
 def _check_path(path: tuple, layers: int | None) -> None:
     if len(path) == 0:
-        raise ValueError("genotype path is empty: expected one level (0..3) per layer")
+        raise GenotypeError("genotype path is empty: expected one level (0..3) per layer")
     if layers is not None and len(path) != layers:
-        raise ValueError(f"genotype path has {len(path)} layers: expected {layers}")
+        raise GenotypeError(f"genotype path has {len(path)} layers: expected {layers}")
     prev = 0  # the stem ends at level 0 (rate 4)
     for layer, level in enumerate(path, start=1):
         if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < len(RATES):
-            raise ValueError(f"genotype path layer {layer}: level {level!r} is not one of 0, 1, 2, 3 "
+            raise GenotypeError(f"genotype path layer {layer}: level {level!r} is not one of 0, 1, 2, 3 "
                              f"(rates {RATES})")
         if abs(level - prev) > 1:
-            raise ValueError(
+            raise GenotypeError(
                 f"genotype path layer {layer}: illegal transition from rate {RATES[prev]} to rate "
                 f"{RATES[level]}: a layer may only keep, halve or double the rate"
             )
@@ -63,7 +67,7 @@ def _check_path(path: tuple, layers: int | None) -> None:
 class Genotype:
     """A decoded architecture: the cell shared by all layers and the path through the trellis.
 
-    Validated on construction; raises ValueError naming what is wrong.
+    Validated on construction; raises GenotypeError (a ValueError) naming what is wrong.
     """
 
     cell: tuple[Block, ...]
@@ -100,22 +104,22 @@ class Genotype:
         """Build from ``{"cell": [[[op, input], [op, input]], ...], "path": [level, ...]}``."""
         if not isinstance(data, dict) or set(data) != {"cell", "path"}:
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{source}: expected an object with keys 'cell' and 'path', got {keys}")
+            raise GenotypeError(f"{source}: expected an object with keys 'cell' and 'path', got {keys}")
         try:
             cell = tuple(tuple((op, inp) for op, inp in block) for block in data["cell"])
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: 'cell' must be a list of blocks, each two [op, input] pairs") from err
+            raise GenotypeError(f"{source}: 'cell' must be a list of blocks, each two [op, input] pairs") from err
         try:
             return cls(cell=cell, path=tuple(data["path"]))
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+        except GenotypeError as err:
+            raise GenotypeError(f"{source}: {err}") from None
 
     @classmethod
     def from_json(cls, text: str, source: str = "genotype") -> Genotype:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{source}: not valid JSON ({err})") from None
+            raise GenotypeError(f"{source}: not valid JSON ({err})") from None
         return cls.from_dict(data, source)
 
     @classmethod
@@ -125,7 +129,7 @@ class Genotype:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except OSError as err:
-            raise ValueError(f"cannot read genotype file {path}: {err.strerror}") from None
+            raise GenotypeError(f"cannot read genotype file {path}: {err.strerror}") from None
         return cls.from_json(text, source=str(path))
 
 
