@@ -1,0 +1,131 @@
+"""Search checkpoints: one ``state.pt`` (a dict of tensors and plain types) and a ``manifest.json`` sidecar.
+
+The state holds everything needed to continue a search bit-for-bit: supernet weights with alpha and beta, both
+optimizers, the LR schedule, epoch and step, every worker's RNG and data-iterator states, the split seed, the
+previous genotype and the config the checkpoint was made with. Only tensors, numbers, strings, lists and
+dicts go in, so ``torch.load(weights_only=True)`` reads it back (no pickled classes, no code execution).
+
+The manifest records the state file's SHA-256 and size; `read_checkpoint_dir` verifies them before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.atomic import write_json
+from orchestrator.config import SEARCH_SPACE_KEYS
+
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is corrupt, from another format, or from an incompatible search space."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checkpoint_dir(directory: str | os.PathLike, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Save ``state`` to ``directory/state.pt`` and its manifest (hash, size, ``meta``) beside it.
+
+    Args:
+        directory: an existing (temporary) folder that Ray then persists.
+        state: tensors and plain types only.
+        meta: small JSON-safe facts for humans and tools (epoch, genotype, ...).
+    """
+    directory = Path(directory)
+    path = directory / STATE_FILE
+    torch.save(state, path)
+    write_json(directory / MANIFEST_FILE, {
+        "format_version": FORMAT_VERSION,
+        "state_file": STATE_FILE,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        **meta,
+    })
+    return path
+
+
+def verify_checkpoint_dir(directory: str | os.PathLike) -> dict[str, Any]:
+    """The manifest, after checking that the state file matches its recorded size and SHA-256."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {directory}: cannot read {MANIFEST_FILE} ({err})") from None
+    path = directory / manifest.get("state_file", STATE_FILE)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {directory}: format version {manifest.get('format_version')!r}, "
+                              f"this code reads version {FORMAT_VERSION}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory}: {path.name} is missing")
+    if path.stat().st_size != manifest.get("bytes") or sha256_file(path) != manifest.get("sha256"):
+        raise CheckpointError(f"checkpoint {directory}: {path.name} does not match the SHA-256 and size in "
+                              f"{MANIFEST_FILE}: the file is truncated or corrupt")
+    return manifest
+
+
+def read_checkpoint_dir(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Verify and load a checkpoint's state with ``weights_only=True``."""
+    verify_checkpoint_dir(directory)
+    return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
+
+
+def check_compatible(state: dict[str, Any], search_space: dict[str, Any], num_classes: int,
+                     source: str = "checkpoint") -> None:
+    """Refuse a checkpoint whose supernet shape (L, B, F, ops, stem, classes) differs from the config's."""
+    saved = dict(state.get("search_space", {}))
+    want = {**{k: search_space[k] for k in SEARCH_SPACE_KEYS}, "num_classes": num_classes}
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v]
+    if diffs:
+        raise CheckpointError(
+            f"{source} was made with a different search space ({'; '.join(diffs)}): its weights, alpha and beta "
+            "do not fit this supernet. Resume with the config it was made with, or start a new run under "
+            "another name."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and Python RNG states as tensors and plain numbers."""
+    py_version, py_keys, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "keys": torch.tensor(py_keys, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured (CUDA only when both sides have it)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(k) for k in p["keys"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
