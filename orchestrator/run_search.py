@@ -1,0 +1,145 @@
+"""One search as a Ray Train run: `make_trainer` builds the `TorchTrainer` (the Tune driver uses it per trial),
+`run_single_search` fits one on the current cluster with the config's scaling, no Tune.
+
+A run lives in ``<storage_path>/<name>/``: Ray's ``checkpoint_epoch<k>/`` folders and
+``checkpoint_manager_snapshot.json``, the resolved ``config.yaml``, ``tensorboard/`` and ``epochs/`` (one JSON
+of metrics per finished epoch, from rank 0). Fitting the same name
+again resumes from its latest checkpoint (Train V2 restores the run's checkpoint manager), which is why run
+names are derived from the config (`orchestrator.config.derive_name`), never from the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from orchestrator.checkpointing import MANIFEST_FILE, CheckpointError
+from orchestrator.config import ExperimentConfig, config_to_dict, save_config, search_space_of
+from orchestrator.search_loop import EPOCHS_DIR, train_fn_per_worker
+
+
+class ResourceError(RuntimeError):
+    """The config's workers cannot be placed on this cluster; raised before Ray would wait forever."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def run_dir(storage_path: str, name: str) -> str:
+    """The run's folder (absolute when local, as Ray Train wants)."""
+    storage = os.path.abspath(os.path.expanduser(storage_path)) if _is_local(storage_path) else storage_path
+    return os.path.join(storage, name)
+
+
+def latest_checkpoint_dir(directory: str | os.PathLike) -> Path | None:
+    """The newest ``checkpoint_epoch<k>`` folder with a manifest in a local run folder, or None."""
+    found = sorted(Path(directory).glob("checkpoint_epoch*/" + MANIFEST_FILE))
+    return found[-1].parent if found else None
+
+
+def check_resumable(cfg: ExperimentConfig, directory: str | os.PathLike) -> Path | None:
+    """Refuse, before any worker starts, a run folder whose latest checkpoint has another search space.
+
+    The workers check again with the full state (and the number of classes); this catches the common case
+    (an edited config reusing a name) in a second instead of after a worker-group start and its retries.
+    """
+    latest = latest_checkpoint_dir(directory)
+    if latest is None:
+        return None
+    try:
+        saved = json.loads((latest / MANIFEST_FILE).read_text(encoding="utf-8")).get("search_space", {})
+    except (OSError, json.JSONDecodeError):
+        return latest  # unreadable: let the workers' verification report it
+    want = search_space_of(cfg)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v]
+    if diffs:
+        raise CheckpointError(
+            f"run folder {directory} holds a checkpoint ({latest.name}) made with a different search space "
+            f"({'; '.join(diffs)}); running this config under the same name would resume it. Use another name "
+            "(name=... or --name), another storage_path, or the config the run was started with."
+        )
+    return latest
+
+
+def read_epochs(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch metrics rank 0 wrote into a run folder, in epoch order."""
+    files = sorted(Path(directory, EPOCHS_DIR).glob("epoch-*.json"))
+    return [json.loads(f.read_text(encoding="utf-8")) for f in files]
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """Fail fast when the cluster has fewer CPUs/GPUs than the workers ask for (RAY_NOTES: otherwise Ray
+    waits for the placement, times out, and retries without end)."""
+    sc = cfg.scaling
+    have = ray.cluster_resources()
+    need = {"CPU": sc.num_workers * sc.cpus_per_worker}
+    if sc.use_gpu:
+        need["GPU"] = sc.num_workers * sc.gpus_per_worker
+    short = {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
+    if short:
+        raise ResourceError(
+            f"the search needs {need} for scaling.num_workers={sc.num_workers} workers, but the Ray cluster has "
+            f"{ {k: have.get(k, 0.0) for k in need} }. Lower scaling.num_workers or scaling.cpus_per_worker"
+            + (", set scaling.use_gpu=false" if sc.use_gpu else "") + ", or add nodes."
+        )
+
+
+def make_trainer(cfg: ExperimentConfig, storage_path: str, name: str, *, callbacks: list[Any] | None = None,
+                 stop_at_epoch: int | None = None) -> TorchTrainer:
+    """The `TorchTrainer` for one search: scaling, backend, checkpoint and failure policy from the config.
+
+    Args:
+        cfg: the resolved experiment config (passed to the workers as a plain dict).
+        storage_path: the folder (or URI) that holds run folders; the run is ``<storage_path>/<name>``.
+        name: the run name; reusing it resumes that run.
+        callbacks: Ray Train callbacks (the Tune driver passes ``TuneReportCallback``).
+        stop_at_epoch: end this run after that many finished epochs (the schedule still spans
+            ``search.epochs``); fit again under the same name to continue.
+    """
+    directory = run_dir(storage_path, name)
+    if _is_local(directory):
+        check_resumable(cfg, directory)
+        save_config(cfg, os.path.join(directory, "config.yaml"))
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
+    backend = sc.backend if sc.backend != "auto" else ("nccl" if sc.use_gpu else "gloo")
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch,
+                           "run_dir": directory if _is_local(directory) else None},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=os.path.dirname(directory),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.runtime.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.runtime.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def run_single_search(cfg: ExperimentConfig, storage_path: str | None = None, name: str | None = None, *,
+                      stop_at_epoch: int | None = None) -> ray.train.Result:
+    """Fit one search on the current Ray cluster (``ray.init`` first) and return its `Result`.
+
+    Args:
+        cfg: the resolved experiment config.
+        storage_path: defaults to ``cfg.storage_path``.
+        name: defaults to ``cfg.name``, else ``search-<config_hash>``.
+        stop_at_epoch: see `make_trainer`.
+    """
+    from orchestrator.config import derive_name
+
+    check_resources(cfg)
+    trainer = make_trainer(cfg, storage_path or cfg.storage_path, name or derive_name(cfg),
+                           stop_at_epoch=stop_at_epoch)
+    return trainer.fit()

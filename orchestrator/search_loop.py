@@ -1,0 +1,474 @@
+"""The per-worker bilevel search loop (Liu et al. 2019, "Search procedure"), run by Ray Train on N DDP workers.
+
+`train_fn_per_worker` knows nothing about Tune. Each step updates the supernet weights on a trainA batch (SGD,
+cosine learning rate) and, from the warmup epoch on, alpha and beta on a trainB batch (Adam): the paper's
+first-order alternation. alpha and beta are parameters of the DDP-wrapped module, so their gradients are
+averaged across workers by the same all-reduce as the weights', and identical gradients into identical Adam
+states keep them identical on every worker. Each backward fills gradients for all parameters (DDP needs that);
+each step clears them first, so the weight step never sees architecture gradients and vice versa.
+
+The learning-rate schedule is per step: cosine from ``search.lr`` to ``search.lr_min`` over
+``epochs x steps_per_epoch`` steps, computed in closed form from the global step (no accumulated rounding, and
+nothing to restore beyond the step). alpha/beta use a constant ``search.arch_lr``, as in the paper.
+
+Each epoch ends with validation of the supernet on every worker's shard of the validation set (confusion
+matrices and loss sums all-reduced, so every rank reports the same metrics), a report to Ray Train on every
+rank, and (every ``runtime.checkpoint_every`` epochs, and at the last) a checkpoint written by rank 0 holding
+everything to continue bit-for-bit (`orchestrator.checkpointing`).
+
+Loop config (what `orchestrator.run_search.make_trainer` passes): ``{"config": <config dict>, "run_dir":
+<local folder for TensorBoard>, "stop_at_epoch": <int or None>}``. ``stop_at_epoch`` ends this run after that
+many finished epochs while the schedule still spans ``search.epochs``: a later run under the same name resumes
+from the checkpoint and continues the same search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from orchestrator import checkpointing as ckpt
+from orchestrator.atomic import write_json
+from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, search_space_of
+from orchestrator.data import InfiniteLoader, load_dataset, make_loader, search_splits
+from orchestrator.metrics import (
+    alpha_entropy,
+    beta_entropy,
+    class_weights_from_counts,
+    confusion_matrix,
+    iou_from_confusion,
+    pixel_accuracy,
+)
+from search_space import SuperNet
+
+PREVIEW_IMAGES = 2
+"""Validation images shown as overlays in TensorBoard each epoch."""
+
+EPOCHS_DIR = "epochs"
+"""Rank 0's own per-epoch records, ``<run_dir>/epochs/epoch-<k>.json`` (Ray keeps metrics only with the
+checkpoints it keeps; a re-run epoch after a restart replaces its file)."""
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def setup_process(cfg: ExperimentConfig, rank: int) -> None:
+    """Threads, seeds (``runtime.seed + rank``) and determinism for this worker process."""
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    seed = cfg.runtime.seed + rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if cfg.runtime.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif cfg.scaling.use_gpu:
+        torch.backends.cudnn.benchmark = True
+
+
+@dataclass
+class SearchData:
+    """The search's three loaders and the facts about the dataset the loop needs."""
+
+    train_a: InfiniteLoader  # weights
+    train_b: InfiniteLoader  # alpha and beta
+    val: Any  # this worker's shard of the validation set, moved to the device by prepare_data_loader
+    steps_per_epoch: int
+    classes: list[str]
+    num_classes: int
+    ignore_index: int
+    train_ds: Any
+
+
+def build_data(cfg: ExperimentConfig, rank: int, world: int) -> SearchData:
+    """Datasets, the trainA/trainB halves and loaders; sharding and devices via ``prepare_data_loader``."""
+    d = cfg.data
+    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=d.crop_size, **d.options)
+    val = load_dataset(d.dataset, d.root, "val", train=False, crop_size=d.crop_size, **d.val_options)
+    train_a, train_b = search_splits(train, d.split_seed)
+    if min(len(train_a), len(train_b)) < d.batch_size * world:
+        raise ValueError(f"data: trainA/trainB have {len(train_a)}/{len(train_b)} images, fewer than "
+                         f"data.batch_size ({d.batch_size}) x scaling.num_workers ({world}): no full batch")
+
+    def infinite(ds: Any, seed: int) -> InfiniteLoader:
+        loader = make_loader(ds, d.batch_size, shuffle=True, num_workers=d.loader_workers, seed=seed,
+                             drop_last=True)  # drop_last: a 1-image batch breaks batch norm at rate 32
+        return InfiniteLoader(ray.train.torch.prepare_data_loader(loader))
+
+    loader_a = infinite(train_a, cfg.runtime.seed)
+    loader_b = infinite(train_b, cfg.runtime.seed + 1)
+    steps = len(loader_a.loader)
+    if cfg.search.max_steps_per_epoch:
+        steps = min(steps, cfg.search.max_steps_per_epoch)
+    # Every rank must run the same number of DDP steps; DistributedSampler already pads shards to equal size.
+    steps = int(_all_reduce(torch.tensor(float(steps)), dist.ReduceOp.MIN)) if _distributed() else steps
+    # Validation: a plain strided shard (no padding, so no image counts twice), evaluated without DDP.
+    shard = Subset(val, list(range(rank, len(val), world)))
+    val_loader = DataLoader(shard, batch_size=d.val_batch_size, shuffle=False, num_workers=d.loader_workers)
+    val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
+    return SearchData(loader_a, loader_b, val_loader, steps, list(train.classes), train.num_classes,
+                      train.ignore_index, train_a)
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int) -> SuperNet:
+    s = cfg.search_space
+    return SuperNet(num_classes, layers=s.layers, blocks=s.blocks, filter_multiplier=s.filter_multiplier,
+                    ops=s.ops, stem_channels=tuple(s.stem_channels))
+
+
+def make_optimizers(net: SuperNet, cfg: ExperimentConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
+    """SGD for the weights, Adam for alpha and beta (the paper's optimizers; values from the config)."""
+    s = cfg.search
+    weights = torch.optim.SGD(net.weight_parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    arch = torch.optim.Adam(net.arch_parameters(), lr=s.arch_lr, betas=tuple(s.arch_betas),
+                            weight_decay=s.arch_weight_decay)
+    return weights, arch
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
+    """The weight learning rate at ``step`` of ``total``: cosine from ``lr`` (step 0) towards ``lr_min``."""
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def class_weights(ds: Any, num_classes: int, ignore_index: int, samples: int = 64) -> torch.Tensor:
+    """Loss weights from the label frequencies of up to ``samples`` trainA images (same on every rank).
+
+    Augmentation draws from the global RNG, so the count runs inside ``fork_rng``: it must not shift the
+    random stream the search itself uses.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for i in range(min(samples, len(ds))):
+            label = ds[i][1]
+            label = label[label != ignore_index]
+            counts += torch.bincount(label.flatten(), minlength=num_classes).double()
+    return class_weights_from_counts(counts)
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
+    """All-reduce a small tensor (on the backend's device for NCCL); returns it on the CPU."""
+    if not _distributed():
+        return t
+    out = t.to(ray.train.torch.get_device()) if dist.get_backend() == "nccl" else t
+    dist.all_reduce(out, op=op or dist.ReduceOp.SUM)
+    return out.cpu()
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sync_buffers(net: nn.Module) -> None:
+    """Broadcast rank 0's batch-norm statistics: each rank's last forward updated its own, and validation
+    and checkpoints must see one model."""
+    if _distributed():
+        for buf in net.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def sync_error(net: SuperNet) -> float:
+    """Largest difference between ranks in alpha, beta and a float64 checksum of the weights (should be 0)."""
+    local = torch.cat([net.alpha.detach().double().cpu().flatten(), net.beta.detach().double().cpu().flatten(),
+                       torch.stack([p.detach().double().sum().cpu() for p in net.weight_parameters()])])
+    everyone = _gather(local)
+    return max(float((t - everyone[0]).abs().max()) for t in everyone)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def _autocast(cfg: ExperimentConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.runtime.bf16 else contextlib.nullcontext()
+
+
+def _inputs(x: torch.Tensor, cfg: ExperimentConfig) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.runtime.channels_last else x
+
+
+def update(model: nn.Module, net: SuperNet, batch: Any, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+           cfg: ExperimentConfig, device: torch.device, clip: list[nn.Parameter] | None = None) -> torch.Tensor:
+    """One forward/backward through the DDP ``model`` and a step of ``optimizer`` (weights or alpha/beta).
+
+    Every parameter's gradient is cleared first: the other half of the alternation left gradients behind.
+    """
+    x, y = batch
+    net.zero_grad(set_to_none=True)
+    with _autocast(cfg, device):
+        logits = model(_inputs(x, cfg))
+    loss = criterion(logits.float(), y)
+    loss.backward()
+    if clip is not None and cfg.search.grad_clip:
+        nn.utils.clip_grad_norm_(clip, cfg.search.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(net: SuperNet, loader: Any, num_classes: int, ignore_index: int, cfg: ExperimentConfig,
+             device: torch.device, keep: int = 0) -> dict[str, Any]:
+    """Confusion matrix and loss sum over this rank's validation shard (summed across ranks), plus the first
+    ``keep`` images with their labels and predictions for TensorBoard."""
+    net.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    loss_sum, pixels = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    preview = None
+    criterion = nn.CrossEntropyLoss(ignore_index=ignore_index, reduction="sum")
+    for x, y in loader:
+        with _autocast(cfg, device):
+            logits = net(_inputs(x, cfg)).float()
+        pred = logits.argmax(1)
+        cm += confusion_matrix(pred, y, num_classes, ignore_index)
+        loss_sum += float(criterion(logits, y))
+        pixels += float((y != ignore_index).sum())
+        if preview is None and keep:
+            preview = (x[:keep].cpu(), y[:keep].cpu(), pred[:keep].cpu())
+    net.train()
+    totals = _all_reduce(torch.cat([cm.flatten().double(), loss_sum[None], pixels[None]]))
+    cm = totals[:-2].round().long().reshape(num_classes, num_classes)
+    return {"cm": cm, "loss": float(totals[-2] / totals[-1]) if totals[-1] > 0 else float("nan"),
+            "preview": preview}
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_state(net: SuperNet, weight_opt: torch.optim.Optimizer, arch_opt: torch.optim.Optimizer,
+                     progress: dict[str, Any], data: SearchData, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The checkpoint dict on rank 0 (None elsewhere). Collective: every rank must call it."""
+    rngs = _gather(ckpt.rng_state())
+    loaders = _gather({"train_a": data.train_a.state_dict(), "train_b": data.train_b.state_dict()})
+    if ray.train.get_context().get_world_rank() != 0:
+        return None
+    return {
+        "format_version": ckpt.FORMAT_VERSION,
+        **progress,  # epoch, step, total_steps, steps_per_epoch, genotype
+        "model": net.state_dict(),
+        "weight_optimizer": weight_opt.state_dict(),
+        "arch_optimizer": arch_opt.state_dict(),
+        "lr_schedule": {"kind": "cosine_per_step", "step": progress["step"], "total_steps": progress["total_steps"],
+                        "lr": cfg.search.lr, "lr_min": cfg.search.lr_min},
+        "rng": rngs,  # one entry per rank
+        "loaders": loaders,  # one entry per rank
+        "world_size": len(rngs),
+        "split_seed": cfg.data.split_seed,
+        "config": config_to_dict(cfg),
+        "search_space": {**search_space_of(cfg), "num_classes": data.num_classes},
+    }
+
+
+def load_resume_state(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any] | None:
+    """The state of ``ray.train.get_checkpoint()``, verified and checked against this config; None if none."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        state = ckpt.read_checkpoint_dir(directory)
+        ckpt.check_compatible(state, search_space_of(cfg), num_classes, source=f"checkpoint {checkpoint.path}")
+    if state["split_seed"] != cfg.data.split_seed:
+        raise ckpt.CheckpointError(
+            f"checkpoint {checkpoint.path} was made with data.split_seed={state['split_seed']}, the config has "
+            f"{cfg.data.split_seed}: resuming would change the trainA/trainB halves mid-search")
+    return state
+
+
+def resume_loader(loader: InfiniteLoader, state: dict[str, int]) -> None:
+    """Position ``loader`` as recorded, now. `InfiniteLoader` skips to its position lazily, at the next
+    ``next()``; with in-process loading the skipped batches' augmentation would draw from the global RNG that
+    is about to be restored. So skip now, inside ``fork_rng``, by replaying the last drawn batch."""
+    if state["batch"] == 0:
+        loader.load_state_dict(state)
+        return
+    with torch.random.fork_rng(devices=[]):
+        loader.load_state_dict({**state, "batch": state["batch"] - 1})
+        loader.next()
+
+
+def restore(state: dict[str, Any], net: SuperNet, weight_opt: torch.optim.Optimizer,
+            arch_opt: torch.optim.Optimizer, data: SearchData, rank: int, world: int) -> None:
+    """Load model, optimizers, loader positions and this rank's RNG state from a checkpoint dict."""
+    net.load_state_dict(state["model"])
+    weight_opt.load_state_dict(state["weight_optimizer"])
+    arch_opt.load_state_dict(state["arch_optimizer"])
+    mine = rank if rank < state["world_size"] else 0
+    if state["world_size"] != world:
+        warnings.warn(f"checkpoint was made by {state['world_size']} workers, resuming on {world}: data order "
+                      "and random streams differ from an uninterrupted run", stacklevel=2)
+    resume_loader(data.train_a, state["loaders"][mine]["train_a"])
+    resume_loader(data.train_b, state["loaders"][mine]["train_b"])
+    ckpt.set_rng_state(state["rng"][mine])
+
+
+def report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
+    """`ray.train.report` on every rank; rank 0 attaches the checkpoint when it has one."""
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="adl-ckpt-") as directory:
+        ckpt.write_checkpoint_dir(directory, state, {
+            "epoch": epoch, "step": state["step"], "genotype": state["genotype"],
+            "search_space": state["search_space"], "val_miou": metrics.get("val_miou"),
+        })
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def epoch_metrics(net: SuperNet, epoch: int, step: int, sums: torch.Tensor, evaluation: dict[str, Any],
+                  timing: torch.Tensor, images: int, arch_on: bool, start: tuple[torch.Tensor, torch.Tensor],
+                  previous_genotype: str, lrs: tuple[float, float], steps: int) -> dict[str, Any]:
+    """What every rank reports for a finished epoch; built from all-reduced values, so identical on all."""
+    per_class, miou = iou_from_confusion(evaluation["cm"])
+    genotype = net.genotype()
+    text = genotype.to_json(indent=None)
+    alpha, beta = net.alpha.detach().cpu(), net.beta.detach().cpu()
+    train_seconds, val_seconds = float(timing[0]), float(timing[1])
+    return {
+        "epoch": epoch,  # finished epochs, 1-based: ASHA's time attribute
+        "step": step,
+        "val_miou": miou,
+        "val_loss": evaluation["loss"],
+        "val_pixel_acc": pixel_accuracy(evaluation["cm"]),
+        "per_class_iou": per_class,
+        "train_loss": float(sums[0]) / steps,
+        "arch_loss": float(sums[1]) / steps if arch_on else float("nan"),
+        "arch_updates": arch_on,
+        "genotype": text,
+        "genotype_changed": text != previous_genotype,
+        "path": list(genotype.path),
+        "alpha_entropy": alpha_entropy(alpha),
+        "beta_entropy": beta_entropy(beta),
+        "alpha_delta": float((alpha - start[0]).abs().max()),
+        "beta_delta": float((beta - start[1]).abs().max()),
+        "lr": lrs[0],
+        "arch_lr": lrs[1],
+        "epoch_seconds": train_seconds + val_seconds,
+        "train_seconds": train_seconds,
+        "val_seconds": val_seconds,
+        "images_per_second": images / train_seconds if train_seconds > 0 else float("nan"),
+        "alpha": alpha.tolist(),
+        "beta": beta.tolist(),
+    }
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Run (or resume) one search on this worker; see the module docstring for ``loop_config``."""
+    cfg = config_from_dict(loop_config["config"], source="train_loop_config")
+    stop_at, run_dir = loop_config.get("stop_at_epoch"), loop_config.get("run_dir")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    setup_process(cfg, rank)
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before any collective: NCCL and all_gather_object use the current device
+    data = build_data(cfg, rank, world)
+    state = load_resume_state(cfg, data.num_classes)
+
+    net = build_model(cfg, data.num_classes)
+    if cfg.runtime.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(net)  # moves to the device; DDP when world > 1
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    weight_opt, arch_opt = make_optimizers(net, cfg)
+    if state is not None:
+        restore(state, net, weight_opt, arch_opt, data, rank, world)
+    weights = net.weight_parameters()
+    weight = (class_weights(data.train_ds, data.num_classes, data.ignore_index).to(device)
+              if cfg.search.class_weights else None)
+    criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.ignore_index)
+
+    s = cfg.search
+    steps, total = data.steps_per_epoch, s.epochs * data.steps_per_epoch
+    start_epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
+    previous = state["genotype"] if state else net.genotype().to_json(indent=None)
+    end_epoch = min(s.epochs, stop_at) if stop_at else s.epochs
+    board = None
+    if rank == 0 and run_dir:
+        from orchestrator.tb_logging import SearchBoard  # matplotlib and tensorboardX on rank 0 only
+
+        board = SearchBoard(os.path.join(run_dir, "tensorboard"), data.classes)
+    if rank == 0:
+        print(f"[search] epochs {start_epoch}..{end_epoch} of {s.epochs}, {steps} steps/epoch, {world} workers, "
+              f"device {device}" + (f", resumed at epoch {start_epoch}" if state else ""), flush=True)
+
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.perf_counter()
+        arch_on = epoch >= s.warmup_epochs
+        start = (net.alpha.detach().cpu().clone(), net.beta.detach().cpu().clone())
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        for _ in range(steps):
+            lr = cosine_lr(step, total, s.lr, s.lr_min)
+            for group in weight_opt.param_groups:
+                group["lr"] = lr
+            sums[0] += update(model, net, data.train_a.next(), weight_opt, criterion, cfg, device, clip=weights)
+            if arch_on:
+                sums[1] += update(model, net, data.train_b.next(), arch_opt, criterion, cfg, device)
+            step += 1
+        t1 = time.perf_counter()
+        sync_buffers(net)
+        evaluation = evaluate(net, data.val, data.num_classes, data.ignore_index, cfg, device,
+                              keep=PREVIEW_IMAGES if board is not None and cfg.runtime.log_images else 0)
+        t2 = time.perf_counter()
+        sums = _all_reduce(sums.cpu()) / world
+        timing = _all_reduce(torch.tensor([t1 - t0, t2 - t1]), dist.ReduceOp.MAX)
+        images = steps * cfg.data.batch_size * world * (2 if arch_on else 1)
+        metrics = epoch_metrics(net, epoch + 1, step, sums, evaluation, timing, images, arch_on, start, previous,
+                                (lr, arch_opt.param_groups[0]["lr"]), steps)
+        metrics["sync_error"] = sync_error(net)
+        previous = metrics["genotype"]
+        last = epoch + 1 == end_epoch
+        state_out = None
+        if (epoch + 1) % cfg.runtime.checkpoint_every == 0 or last:
+            progress = {"epoch": epoch + 1, "step": step, "total_steps": total, "steps_per_epoch": steps,
+                        "genotype": metrics["genotype"]}
+            state_out = checkpoint_state(net, weight_opt, arch_opt, progress, data, cfg)
+        if board is not None:
+            log_epoch(board, metrics, net, evaluation, data, cfg)
+            write_json(os.path.join(run_dir, EPOCHS_DIR, f"epoch-{epoch + 1:04d}.json"), metrics)
+        if rank == 0:
+            print(f"[search] epoch {epoch + 1}/{s.epochs} train_loss={metrics['train_loss']:.4f} "
+                  f"arch_loss={metrics['arch_loss']:.4f} val_loss={metrics['val_loss']:.4f} "
+                  f"val_miou={metrics['val_miou']:.4f} path={metrics['path']} "
+                  f"changed={metrics['genotype_changed']} {metrics['epoch_seconds']:.1f}s", flush=True)
+        report(metrics, state_out, epoch + 1)
+    if board is not None:
+        board.close()
+
+
+def log_epoch(board: Any, metrics: dict[str, Any], net: SuperNet, evaluation: dict[str, Any], data: SearchData,
+              cfg: ExperimentConfig) -> None:
+    epoch = metrics["epoch"]
+    board.scalars(epoch, metrics)
+    board.architecture(epoch, net.alpha, net.beta, net.genotype(), images=cfg.runtime.log_images)
+    if evaluation["preview"] is not None:
+        board.predictions(epoch, *evaluation["preview"], data.num_classes, data.ignore_index)
+    board.writer.flush()
