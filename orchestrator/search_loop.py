@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 import warnings
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, Subset
 from orchestrator import checkpointing as ckpt
 from orchestrator.atomic import write_json
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, search_space_of
-from orchestrator.data import InfiniteLoader, load_dataset, make_loader, search_splits
+from orchestrator.data import DataError, InfiniteLoader, load_dataset, make_loader, search_splits
 from orchestrator.metrics import (
     alpha_entropy,
     beta_entropy,
@@ -103,7 +104,7 @@ def build_data(cfg: ExperimentConfig, rank: int, world: int) -> SearchData:
     val = load_dataset(d.dataset, d.root, "val", train=False, crop_size=d.crop_size, **d.val_options)
     train_a, train_b = search_splits(train, d.split_seed)
     if min(len(train_a), len(train_b)) < d.batch_size * world:
-        raise ValueError(f"data: trainA/trainB have {len(train_a)}/{len(train_b)} images, fewer than "
+        raise DataError(f"data: trainA/trainB have {len(train_a)}/{len(train_b)} images, fewer than "
                          f"data.batch_size ({d.batch_size}) x scaling.num_workers ({world}): no full batch")
 
     def infinite(ds: Any, seed: int) -> InfiniteLoader:
@@ -380,6 +381,13 @@ def epoch_metrics(net: SuperNet, epoch: int, step: int, sums: torch.Tensor, eval
     }
 
 
+def say(message: str) -> None:
+    """One progress line on stdout. Not print(): Train V2 patches print to both print and log, so every line
+    reached the driver twice."""
+    sys.stdout.write(f"[search] {message}\n")
+    sys.stdout.flush()
+
+
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Run (or resume) one search on this worker; see the module docstring for ``loop_config``."""
     cfg = config_from_dict(loop_config["config"], source="train_loop_config")
@@ -417,8 +425,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
         board = SearchBoard(os.path.join(run_dir, "tensorboard"), data.classes)
     if rank == 0:
-        print(f"[search] epochs {start_epoch}..{end_epoch} of {s.epochs}, {steps} steps/epoch, {world} workers, "
-              f"device {device}" + (f", resumed at epoch {start_epoch}" if state else ""), flush=True)
+        say(f"epochs {start_epoch}..{end_epoch} of {s.epochs}, {steps} steps/epoch, {world} workers, device {device}"
+            + (f", resumed at epoch {start_epoch}" if state else ""))
 
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
@@ -455,10 +463,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             log_epoch(board, metrics, net, evaluation, data, cfg)
             write_json(os.path.join(run_dir, EPOCHS_DIR, f"epoch-{epoch + 1:04d}.json"), metrics)
         if rank == 0:
-            print(f"[search] epoch {epoch + 1}/{s.epochs} train_loss={metrics['train_loss']:.4f} "
-                  f"arch_loss={metrics['arch_loss']:.4f} val_loss={metrics['val_loss']:.4f} "
-                  f"val_miou={metrics['val_miou']:.4f} path={metrics['path']} "
-                  f"changed={metrics['genotype_changed']} {metrics['epoch_seconds']:.1f}s", flush=True)
+            say(f"epoch {epoch + 1}/{s.epochs} train_loss={metrics['train_loss']:.4f} "
+                f"arch_loss={metrics['arch_loss']:.4f} val_loss={metrics['val_loss']:.4f} "
+                f"val_miou={metrics['val_miou']:.4f} path={metrics['path']} "
+                f"changed={metrics['genotype_changed']} {metrics['epoch_seconds']:.1f}s")
         report(metrics, state_out, epoch + 1)
     if board is not None:
         board.close()

@@ -38,11 +38,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def search_cli():
+def run_cli(args: list[str]) -> int:
+    """``experiments/search.py`` in this process (so it uses the session's Ray); its exit status."""
     spec = importlib.util.spec_from_file_location("search_cli", ROOT / "experiments" / "search.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    try:
+        return module.main(args)
+    except SystemExit as exit_:
+        return exit_.code
 
 
 # ---------------------------------------------------------------------------------------------- no Ray
@@ -147,8 +151,8 @@ def test_search_board_writes_events(tmp_path: Path):
 def test_cli_refuses_an_unknown_key(tiny_settings, tmp_path: Path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**tiny_settings, "search": {"epochs": 3, "warmupp_epochs": 1}}))
-    assert search_cli().main(["--config", str(path), "--no-tune"]) == 2
-    err = capsys.readouterr().err
+    assert run_cli(["--config", str(path), "--no-tune"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the message may be wrapped
     assert str(path) in err and "'search.warmupp_epochs'" in err and "did you mean 'search.warmup_epochs'" in err
 
 
@@ -180,10 +184,9 @@ def resumed(ray_session, tiny_settings, storage: Path) -> Path:
     path = storage / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_settings))
     command = ["--config", str(path), "--no-tune", "--storage-path", str(storage), "--name", "resumed", *FOUR]
-    cli = search_cli()
-    assert cli.main([*command, "--stop-at-epoch", "2"]) == 0
+    assert run_cli([*command, "--stop-at-epoch", "2"]) == 0
     assert [e["epoch"] for e in epochs_of(storage / "resumed")] == [1, 2]
-    assert cli.main(command) == 0
+    assert run_cli(command) == 0
     return storage / "resumed"
 
 
