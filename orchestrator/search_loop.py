@@ -328,15 +328,14 @@ def restore(state: dict[str, Any], net: SuperNet, weight_opt: torch.optim.Optimi
 
 
 def report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
-    """`ray.train.report` on every rank; rank 0 attaches the checkpoint when it has one."""
+    """`ray.train.report` on every rank; rank 0 attaches the checkpoint when it has one, written to a temporary
+    folder that Ray persists as ``checkpoint_epoch<epoch>``. Also used by the retrain loop."""
     if state is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="adl-ckpt-") as directory:
-        ckpt.write_checkpoint_dir(directory, state, {
-            "epoch": epoch, "step": state["step"], "genotype": state["genotype"],
-            "search_space": state["search_space"], "val_miou": metrics.get("val_miou"),
-        })
+        meta = {key: state[key] for key in ("step", "genotype", "search_space") if key in state}
+        ckpt.write_checkpoint_dir(directory, state, {"epoch": epoch, **meta, "val_miou": metrics.get("val_miou")})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                          checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
 
