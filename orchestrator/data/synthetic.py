@@ -1,0 +1,245 @@
+"""The embedded default task: procedural multi-cue segmentation that needs no download.
+
+Each sample is drawn from ``numpy.random.default_rng([seed, split, index])``, so it depends only on those
+three numbers (not on the worker process or on what was drawn before). The classes are built so that
+different architectures fail different ones:
+
+- ``stripes_h`` / ``stripes_v``: large regions of a second texture under soft bands of period 12-20 px;
+  they differ only in the bands' orientation, which a small window cannot see (receptive field).
+- ``blob``: large smooth regions (easy; anchors the large-object end).
+- ``dot``: discs of radius 2-4 px, and ``curve``: 1-2 px curves; both vanish at stride 16-32 unless a
+  high-resolution path keeps them.
+- ``marker_h`` / ``marker_v``: identical-looking square markers (side 7-11 px) whose class is the
+  orientation of the band region around them (context: ASPP, deep levels).
+- ``background``: one of scikit-image's bundled textures (brick, grass, gravel), tinted; brick's mortar
+  lines are a deliberate local look-alike of the stripes.
+
+Object scales are random. Dots, curves and markers are rare by area: see `SyntheticSegmentation.class_weights`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from orchestrator.data.common import IGNORE_INDEX, DataError
+from orchestrator.data.transforms import to_tensors
+
+CLASSES = ("background", "stripes_h", "stripes_v", "blob", "dot", "curve", "marker_h", "marker_v")
+BACKGROUND, STRIPES_H, STRIPES_V, BLOB, DOT, CURVE, MARKER_H, MARKER_V = range(len(CLASSES))
+SPLITS = {"train": 0, "val": 1, "test": 2}
+DEFAULT_SIZE = {"train": 512, "val": 64, "test": 64}
+"""Images per split: enough variety for a CPU search in minutes, and a validation set that runs in seconds."""
+
+
+@functools.cache
+def textures() -> tuple[np.ndarray, ...]:
+    """scikit-image's bundled CC0 textures, zero-mean and unit-std float32 (loaded once per process)."""
+    from skimage import data
+
+    out = []
+    for name in ("brick", "grass", "gravel"):
+        t = getattr(data, name)().astype(np.float32)
+        out.append((t - t.mean()) / t.std())
+    return tuple(out)
+
+
+@functools.cache
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    return yy, xx
+
+
+def _texture_patch(rng: np.random.Generator, size: int, which: int) -> np.ndarray:
+    """A size x size crop of texture ``which`` at a random zoom (0.6-1.4) and offset."""
+    tex = textures()[which]
+    zoom = rng.uniform(0.6, 1.4)
+    span = int(np.ceil(size * zoom)) + 1
+    y0, x0 = rng.integers(0, tex.shape[0] - span, size=2)
+    idx = (np.arange(size) * zoom).astype(np.int64)
+    return tex[y0 + idx][:, x0 + idx]
+
+
+def _blob_mask(rng: np.random.Generator, size: int, radius: float) -> np.ndarray:
+    """A random star-shaped blob: a stretched circle whose radius wobbles with 2nd and 3rd harmonics.
+
+    The harmonics are expanded into polynomials of cos/sin theta (no arctan2) to keep this cheap.
+    """
+    yy, xx = _grid(size)
+    cy, cx = (float(v) for v in rng.uniform(-0.1, 1.1, size=2) * size)
+    a1, a2, p1, p2, rot = (float(v) for v in rng.uniform((0, 0, 0, 0, 0), (0.25, 0.25, 6.3, 6.3, 3.2)))
+    stretch = float(rng.uniform(-0.3, 0.3))
+    dy, dx = yy - cy, xx - cx
+    d2 = dy * dy + dx * dx + 1e-6
+    d = np.sqrt(d2)
+    cos, sin = dx / d, dy / d
+    cos2, sin2 = (dx * dx - dy * dy) / d2, 2 * dx * dy / d2
+    cos3, sin3 = cos * (4 * cos * cos - 3), sin * (3 - 4 * sin * sin)
+    wobble = 1 + a1 * (sin2 * math.cos(p1) + cos2 * math.sin(p1)) + a2 * (sin3 * math.cos(p2) + cos3 * math.sin(p2))
+    r = float(radius) * wobble * (1 + stretch * (cos2 * math.cos(2 * rot) + sin2 * math.sin(2 * rot)))
+    return d2 < r * r
+
+
+def _colour(rng: np.random.Generator, low: float = 0.25, high: float = 0.85) -> np.ndarray:
+    return rng.uniform(low, high, size=3).astype(np.float32)
+
+
+def _paint(image: np.ndarray, label: np.ndarray, mask: np.ndarray, pixels: np.ndarray, cls: int) -> None:
+    image[mask] = pixels if pixels.ndim == 1 else pixels[mask]
+    label[mask] = cls
+
+
+def _stripes(rng: np.random.Generator, image, label, size: int, background_tex: int) -> list[tuple[np.ndarray, int]]:
+    """Two or three oriented-band regions; returns their (mask, class) for marker placement."""
+    yy, xx = _grid(size)
+    regions = []
+    first = int(rng.integers(2))
+    for k in range(rng.integers(2, 4)):  # the first two have opposite orientations: no global shortcut
+        cls = (STRIPES_H, STRIPES_V)[(first + k) % 2] if k < 2 else (STRIPES_H, STRIPES_V)[rng.integers(2)]
+        mask = _blob_mask(rng, size, rng.uniform(0.28, 0.42) * size)
+        tex = _texture_patch(rng, size, (background_tex + rng.integers(1, 3)) % 3)
+        along = yy if cls == STRIPES_H else xx
+        across = xx if cls == STRIPES_H else yy
+        period, wave, phase1, phase2 = (float(v) for v in rng.uniform((12, 30, 0, 0), (20, 60, 6.3, 6.3)))
+        wobble = 2.0 * np.sin(across * (2 * math.pi / wave) + phase1)
+        bands = np.sin((along + wobble) * (2 * math.pi / period) + phase2)
+        gray = 0.5 + 0.1 * tex + 0.14 * bands
+        colour = 2 * _colour(rng, 0.35, 0.65)
+        _paint(image, label, mask, gray[..., None] * colour, cls)
+        regions.append((colour * 0.5, cls))
+    return regions
+
+
+def _markers(rng: np.random.Generator, image, label, size: int, regions) -> None:
+    """Two to four identical square markers, each in a plain halo (the region's mean colour, labelled as the
+    region) inside a band region: only context beyond the halo tells marker_h from marker_v."""
+    yy, xx = _grid(size)
+    for _ in range(rng.integers(2, 5)):
+        half = int(rng.integers(3, 6))
+        halo = half + float(rng.uniform(8, 14))
+        for _try in range(10):
+            colour, cls = regions[rng.integers(len(regions))]
+            inside = np.flatnonzero(label[half + 1:size - half - 1, half + 1:size - half - 1] == cls)
+            if len(inside) == 0:
+                continue
+            cy, cx = (int(v) + half + 1 for v in divmod(rng.choice(inside), size - 2 * half - 2))
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= halo * halo
+            if (label[disc] == cls).mean() > 0.8:
+                break
+        else:
+            continue
+        image[disc & (label == cls)] = colour
+        ys, xs = slice(cy - half, cy + half + 1), slice(cx - half, cx + half + 1)
+        image[ys, xs] = 0.05
+        image[cy - half + 1:cy + half, cx - half + 1:cx + half] = 0.95
+        image[cy - 1:cy + 2, cx - 1:cx + 2] = 0.05
+        label[ys, xs] = MARKER_H if cls == STRIPES_H else MARKER_V
+
+
+def _curves(rng: np.random.Generator, image, label, size: int) -> None:
+    """One to three quadratic Bezier curves, 1 or 2 px thick, across the image."""
+    for _ in range(rng.integers(1, 4)):
+        p = rng.uniform(-0.1, 1.1, size=(3, 2)) * size
+        t = np.linspace(0, 1, 6 * size)[:, None]
+        pts = (1 - t) ** 2 * p[0] + 2 * t * (1 - t) * p[1] + t**2 * p[2]
+        pts = np.round(pts).astype(np.int64)
+        if rng.random() < 0.5:  # 2 px thick: add the right, lower and diagonal neighbours
+            pts = np.concatenate([pts + d for d in ((0, 0), (0, 1), (1, 0), (1, 1))])
+        keep = (pts >= 0).all(1) & (pts < size).all(1)
+        ys, xs = pts[keep, 0], pts[keep, 1]
+        image[ys, xs] = _colour(rng, 0.0, 1.0)
+        label[ys, xs] = CURVE
+
+
+def _dots(rng: np.random.Generator, image, label, size: int) -> None:
+    """Five to twelve discs of radius 2-4 px in saturated random colours, and as many look-alike rings
+    (1 px wall) that keep the label of the surface under them: only fine detail tells them apart."""
+    yy, xx = _grid(size)
+    count = int(rng.integers(5, 13))
+    for k in range(2 * count):
+        r, cy, cx = (float(v) for v in rng.uniform((2.0, 0, 0), (4.0, size, size)))
+        y0, y1 = int(max(cy - r - 1, 0)), int(min(cy + r + 2, size))
+        x0, x1 = int(max(cx - r - 1, 0)), int(min(cx + r + 2, size))
+        d2 = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2
+        colour = _colour(rng, 0.0, 1.0)
+        colour[rng.integers(3)] = rng.choice([0.0, 1.0])
+        if k < count:
+            image[y0:y1, x0:x1][d2 <= r * r] = colour
+            label[y0:y1, x0:x1][d2 <= r * r] = DOT
+        else:
+            image[y0:y1, x0:x1][(d2 <= r * r) & (d2 > (r - 1.2) ** 2)] = colour
+
+
+def generate(seed: int, split: str, index: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """One sample: uint8 size x size x 3 image and uint8 size x size label, a function of its arguments only."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    bg = int(rng.integers(3))
+    gray = 0.5 + 0.12 * _texture_patch(rng, size, bg)
+    image = gray[..., None] * (2 * _colour(rng, 0.3, 0.7))
+    label = np.zeros((size, size), dtype=np.uint8)
+    regions = _stripes(rng, image, label, size, bg)
+    for _ in range(rng.integers(1, 3)):
+        mask = _blob_mask(rng, size, rng.uniform(0.1, 0.2) * size)
+        _paint(image, label, mask, _colour(rng) + 0.02 * rng.standard_normal((size, size, 3), np.float32), BLOB)
+    _markers(rng, image, label, size, regions)
+    _curves(rng, image, label, size)
+    _dots(rng, image, label, size)
+    image += 0.03 * rng.standard_normal(image.shape, np.float32)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), label
+
+
+class SyntheticSegmentation(Dataset):
+    """A fixed-length synthetic split; the transform is applied to each generated sample.
+
+    Args:
+        split: "train", "val" or "test" (independent streams of samples).
+        size: number of images.
+        image_size: side of the generated square images, in pixels.
+        seed: the task seed; with split and index it determines every sample.
+        transform: a joint (image, label) transform on normalized tensors, or None.
+        cache: keep generated samples in memory (about 37 KB per 96 px image) instead of regenerating them.
+    """
+
+    classes = CLASSES
+    num_classes = len(CLASSES)
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, split: str, size: int, image_size: int = 96, seed: int = 0, transform=None,
+                 cache: bool = False):
+        if split not in SPLITS:
+            raise DataError(f"synthetic dataset has no split {split!r}: expected one of {', '.join(SPLITS)}")
+        if size < 1:
+            raise DataError(f"synthetic split {split!r}: size must be at least 1 image, got {size}")
+        if image_size < 32:
+            raise DataError(f"synthetic image_size must be at least 32 px (objects need room), got {image_size}")
+        self.split, self.size, self.image_size, self.seed, self.transform = split, size, image_size, seed, transform
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for synthetic split of {self.size} images")
+        image, label = to_tensors(*self.raw(index))
+        return self.transform(image, label) if self.transform is not None else (image, label)
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The generated uint8 image and label at ``index``, before any transform."""
+        if self._cache is None:
+            return generate(self.seed, self.split, index, self.image_size)
+        if index not in self._cache:
+            self._cache[index] = generate(self.seed, self.split, index, self.image_size)
+        return self._cache[index]
+
+    def class_weights(self, samples: int = 64) -> torch.Tensor:
+        """Loss weights 1/sqrt(pixel frequency) over the first ``samples`` images, normalized to mean 1."""
+        counts = np.zeros(self.num_classes)
+        for i in range(min(samples, self.size)):
+            counts += np.bincount(self.raw(i)[1].ravel(), minlength=self.num_classes)
+        weights = 1.0 / np.sqrt(np.maximum(counts / counts.sum(), 1e-4))
+        return torch.tensor(weights / weights.mean(), dtype=torch.float32)
