@@ -1,10 +1,13 @@
-"""Run the Auto-DeepLab search on Ray.
+"""Run the Auto-DeepLab search on Ray: the Tune sweep, then decode and retrain the best trial.
 
-    python experiments/search.py --config experiments/configs/smoke.yaml --no-tune [key=value ...]
+    python experiments/search.py --config experiments/configs/default.yaml [--resume] [key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python experiments/search.py --config experiments/configs/smoke.yaml --storage-path s3://bucket/adl
+    python experiments/search.py --config experiments/configs/smoke.yaml --no-tune   # one search, no Tune
 
-``--no-tune`` runs one search (Ray Train, the config's scaling) on the current Ray cluster: the one named by
-``--address`` or ``RAY_ADDRESS``, else a local one started here. Re-running the same config resumes it: the
-run name is derived from the config file's stem and the config hash (or given with ``name=...``/``--name``).
+Connects to the running Ray cluster (``ray job submit`` sets RAY_ADDRESS; else a cluster started on this
+machine), otherwise starts a local Ray. Results go to ``<storage-path>/<name>/``; the name is derived from the
+config file's stem and the config hash (or ``--name``), never the clock, so ``--resume`` finds the sweep again.
 """
 
 from __future__ import annotations
@@ -13,49 +16,30 @@ import argparse
 import os
 import sys
 
-from orchestrator.checkpointing import CheckpointError
-from orchestrator.config import ConfigError, derive_name, load_config
+from orchestrator.cli import connect_ray, user_errors
+from orchestrator.config import derive_name, load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML experiment config (experiments/configs/*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep and its trials")
     parser.add_argument("--no-tune", action="store_true", help="one search with Ray Train, no Tune sweep")
-    parser.add_argument("--storage-path", help="folder (or URI) for run folders; default: the config's")
-    parser.add_argument("--name", help="run name; default: <config stem>-<config hash>; reusing one resumes it")
-    parser.add_argument("--stop-at-epoch", type=int, help="end after this many epochs; run again to continue")
-    parser.add_argument("--address", help="Ray cluster address; default: RAY_ADDRESS, else start a local Ray")
+    parser.add_argument("--no-retrain", action="store_true", help="stop after the sweep and the best genotype")
+    parser.add_argument("--storage-path", help="folder (or URI) for results; default: the config's")
+    parser.add_argument("--name", help="experiment name; default: <config stem>-<config hash>")
+    parser.add_argument("--stop-at-epoch", type=int, help="--no-tune: end after this many epochs; run again to go on")
+    parser.add_argument("--address", help="Ray cluster address; default: a running cluster, else a local Ray")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=4")
     return parser.parse_args(argv)
 
 
-def connect_ray(address: str | None) -> None:
-    import ray
+def single_search(cfg, storage: str, name: str, stop_at_epoch: int | None) -> None:
+    from orchestrator.run_search import read_epochs, run_dir, run_single_search
 
-    if not ray.is_initialized():
-        ray.init(address=address)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not args.no_tune:
-        print("error: the Tune sweep is not available from this script yet; pass --no-tune for one search",
-              file=sys.stderr)
-        return 2
-    from orchestrator.run_search import ResourceError, read_epochs, run_dir, run_single_search
-
-    storage, name = args.storage_path or cfg.storage_path, args.name or derive_name(cfg, args.config)
-    connect_ray(args.address)
-    try:
-        result = run_single_search(cfg, storage, name, stop_at_epoch=args.stop_at_epoch)
-    except (CheckpointError, ResourceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = run_single_search(cfg, storage, name, stop_at_epoch=stop_at_epoch)
+    if result.error:
+        raise result.error
     directory = run_dir(storage, name)
     epochs = read_epochs(directory)
     print(f"\nrun folder:  {directory}")
@@ -65,6 +49,36 @@ def main(argv: list[str] | None = None) -> int:
         last = epochs[-1]
         print(f"epoch {last['epoch']}/{cfg.search.epochs}: val_miou={last['val_miou']:.4f} "
               f"genotype={last['genotype']}")
+
+
+def sweep(cfg, storage: str, name: str, resume: bool, retrain: bool) -> None:
+    from orchestrator.experiment import run_experiment
+
+    summary = run_experiment(cfg, storage, name, resume=resume, retrain=retrain)
+    exp = summary.get("search", {}).get("experiment_dir", os.path.join(storage, name))
+    print(f"\nexperiment:  {exp}")
+    if retrain:
+        r = summary["retrain"]
+        print(f"genotype:    {summary['files']['genotype']}")
+        print(f"retrain:     val_miou={r['val_miou']} after {r['epochs']} epochs ({r['seconds']} s)")
+        print(f"summary:     {os.path.join(exp, 'final', 'summary.json')}")
+    print(f"tensorboard: tensorboard --logdir {exp}")
+    print(f"analysis:    python -m orchestrator.analyze {exp}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with user_errors():
+        cfg = load_config(args.config, args.overrides)
+        storage, name = args.storage_path or cfg.storage_path, args.name or derive_name(cfg, args.config)
+        from orchestrator.preflight import check_data
+
+        check_data(cfg)
+        connect_ray(args.address)
+        if args.no_tune:
+            single_search(cfg, storage, name, args.stop_at_epoch)
+        else:
+            sweep(cfg, storage, name, args.resume, retrain=not args.no_retrain)
     return 0
 
 

@@ -107,18 +107,32 @@ def make_trainer(cfg: ExperimentConfig, storage_path: str, name: str, *, callbac
     if _is_local(directory):
         check_resumable(cfg, directory)
         save_config(cfg, os.path.join(directory, "config.yaml"))
+    loop_config = {"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch,
+                   "run_dir": directory if _is_local(directory) else None}
+    return torch_trainer(train_fn_per_worker, loop_config, cfg, directory, cfg.scaling.num_workers, callbacks)
+
+
+WORKER_START_TIMEOUT_S = "600"
+"""How long Train waits for a worker group (Ray's default, 60 s, is shorter than worker start-up on a loaded
+machine or a cluster that is still scaling up). The resource checks have already refused impossible requests."""
+
+
+def torch_trainer(loop_fn: Any, loop_config: dict[str, Any], cfg: ExperimentConfig, directory: str,
+                  num_workers: int, callbacks: list[Any] | None = None) -> TorchTrainer:
+    """A `TorchTrainer` running ``loop_fn`` in the run folder ``directory`` with the config's scaling (backend,
+    resources per worker), checkpoint and failure policy; shared by the search and the retrain."""
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
     backend = sc.backend if sc.backend != "auto" else ("nccl" if sc.use_gpu else "gloo")
     return TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch,
-                           "run_dir": directory if _is_local(directory) else None},
+        loop_fn,
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=sc.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=name,
+            name=os.path.basename(directory),
             storage_path=os.path.dirname(directory),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.runtime.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.runtime.max_failures),

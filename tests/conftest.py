@@ -1,7 +1,8 @@
-"""Shared fixtures: one local Ray for the whole test session, and a tiny search config.
+"""Shared fixtures: one Ray cluster for the whole test session, and a tiny search config.
 
-Ray start-up costs 6-11 s and a TorchTrainer ~20 s more (RAY_NOTES.md), so every test that needs Ray shares
-`ray_session`. Token auth is disabled before Ray is imported, so the tests write nothing to ``~/.ray``.
+Ray start-up costs 6-11 s per node and a TorchTrainer ~20 s more (RAY_NOTES.md), so every test that needs Ray
+shares `ray_cluster` (a real two-node cluster) and `ray_session` (this process connected to it). Token auth is
+disabled before Ray is imported, so the tests write nothing to ``~/.ray``.
 """
 
 from __future__ import annotations
@@ -28,18 +29,49 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """A local Ray (4 logical CPUs) for the session; reuses one that is already running."""
+def ray_cluster():
+    """A real two-node Ray cluster (``ray start`` head + one node, 2 logical CPUs each) for the whole session,
+    stopped by process id at the end. One Ray instance per session: with two on one machine, Ray's state API
+    (used by Train's placement-group cleaner) refuses to pick one."""
+    from local_cluster import LocalCluster
+
+    cluster = LocalCluster(workers=1, head_cpus=2, cpus=2)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    """This test process connected to the session's cluster as a Ray driver."""
     import ray
 
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    os.environ["RAY_ADDRESS"] = ray_cluster.gcs_address  # CLIs run in-process join it too
+    ray.init(address=ray_cluster.gcs_address, log_to_driver=False)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_experiment(ray_cluster, tmp_path_factory):
+    """The smoke chain (sweep -> decode -> retrain) submitted to the session cluster with ``ray job submit``, as
+    a user would; returns (the finished ``ray job submit`` process, the experiment folder). Shared by the
+    end-to-end and analysis tests so the chain runs once per session."""
+    import subprocess
+    from pathlib import Path
+
+    from local_cluster import BIN
+
+    root = Path(__file__).resolve().parents[1]
+    storage = tmp_path_factory.mktemp("e2e") / "results"
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(root),
+           "--", "python", "experiments/search.py", "--config", "experiments/configs/smoke.yaml",
+           "--storage-path", str(storage), "--name", "smoke-e2e"]
+    proc = subprocess.run(cmd, env=ray_cluster.env, capture_output=True, text=True, timeout=1200, cwd=root)
+    return proc, storage / "smoke-e2e"
 
 
 @pytest.fixture(scope="session")

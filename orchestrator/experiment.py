@@ -1,0 +1,96 @@
+"""The whole chain a user runs: the Tune sweep, a leaderboard, then the final actor that decodes the best
+trial and retrains it. This module orchestrates; the sweep (`orchestrator.sweep`) and the final step
+(`orchestrator.final`) do the work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import ray
+
+from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
+from orchestrator.final import FinalActor
+from orchestrator.run_search import latest_checkpoint_dir
+from orchestrator.sweep import best_result, experiment_dir, run_sweep
+
+
+class SweepFailedError(RuntimeError):
+    """No trial of the sweep finished with a usable metric."""
+
+
+def leaderboard(grid, cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """One row per trial, best first: hyperparameters, last metric, epochs, status."""
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        rows.append({
+            "trial_id": m.get("trial_id") or (r.path.rstrip("/").rsplit("trial-", 1)[-1] if r.path else "?"),
+            "config": dict(r.config or {}),
+            cfg.tune.metric: m.get(cfg.tune.metric),
+            "epochs": m.get("epoch", 0),
+            "status": "error" if r.error else ("stopped early" if m.get("epoch", 0) < cfg.search.epochs else "done"),
+            "path": m.get("path"),
+        })
+    sign = -1 if cfg.tune.mode == "max" else 1
+
+    def key(row):
+        v = row[cfg.tune.metric]
+        return (0, sign * v) if isinstance(v, (int, float)) and math.isfinite(v) else (1, 0)
+
+    return sorted(rows, key=key)
+
+
+def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
+    print(f"\n{'trial':<14} {metric:>9} {'epochs':>6} {'status':<14} {'path':<28} hyperparameters")
+    for row in rows:
+        v = row[metric]
+        value = f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else "-"
+        hp = " ".join(f"{k}={v}" for k, v in sorted(row["config"].items()))
+        print(f"{row['trial_id']:<14} {value:>9} {row['epochs']:>6} {row['status']:<14} {str(row['path']):<28} {hp}")
+
+
+def _checkpoint_of(result, exp_dir: str) -> str:
+    path = (result.metrics or {}).get("checkpoint_path")
+    if path:
+        return path
+    trial_id = result.metrics.get("trial_id")
+    latest = latest_checkpoint_dir(f"{exp_dir}/train-{trial_id}")
+    if latest is None:
+        raise SweepFailedError(f"the best trial {trial_id} left no checkpoint in {exp_dir}/train-{trial_id}")
+    return str(latest)
+
+
+def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: bool = False,
+                   retrain: bool = True) -> dict[str, Any]:
+    """Sweep, then decode and retrain the best trial on a `FinalActor`; returns the final summary."""
+    start = time.time()
+    grid = run_sweep(cfg, storage_path, name, resume=resume)
+    search_seconds = round(time.time() - start, 1)
+    rows = leaderboard(grid, cfg)
+    print_leaderboard(rows, cfg.tune.metric)
+    best = best_result(grid, cfg.tune.metric, cfg.tune.mode)
+    if best is None:
+        errors = [f"{row['trial_id']}: {row['status']}" for row in rows]
+        raise SweepFailedError(f"no trial of the sweep reported a finite {cfg.tune.metric} ({'; '.join(errors)}); "
+                               f"see the trials' error.txt files under {experiment_dir(storage_path, name)}")
+    exp_dir = str(grid.experiment_path)
+    facts = {
+        "trial_id": best.metrics.get("trial_id"),
+        "config": dict(best.config),
+        "metric_value": best.metrics[cfg.tune.metric],
+        "checkpoint_path": _checkpoint_of(best, exp_dir),
+        "search_seconds": search_seconds,
+    }
+    print(f"\nbest trial {facts['trial_id']}: {cfg.tune.metric}={facts['metric_value']:.4f} {facts['config']}",
+          flush=True)
+    if not retrain:
+        return {"best_trial": facts["trial_id"], "search": facts}
+    best_cfg = with_overrides(cfg, dict(best.config), f"best trial {facts['trial_id']}")
+    actor = FinalActor.remote()
+    try:
+        return ray.get(actor.run.remote(config_to_dict(best_cfg), exp_dir, facts))
+    finally:
+        ray.kill(actor)

@@ -1,0 +1,22 @@
+"""Checks run in the driver before any Ray worker starts, so bad input fails in seconds with a clear message
+instead of inside a worker group that Ray restarts.
+"""
+
+from __future__ import annotations
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.data import DataError, load_dataset
+
+
+def check_data(cfg: ExperimentConfig) -> None:
+    """Open the train and validation splits (file lists validated, labels sample-checked by the data layer)
+    and check the search has a full batch in each training half."""
+    d = cfg.data
+    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=d.crop_size, **d.options)
+    load_dataset(d.dataset, d.root, "val", train=False, crop_size=d.crop_size, **d.val_options)
+    half = len(train) // 2
+    need = d.batch_size * cfg.scaling.num_workers
+    if half < need:
+        raise DataError(f"data: the training split has {len(train)} images, so trainA/trainB hold about {half}, fewer "
+                        f"than data.batch_size ({d.batch_size}) x scaling.num_workers ({cfg.scaling.num_workers}) "
+                        f"= {need}: no full batch per worker")

@@ -1,0 +1,147 @@
+"""Retraining a decoded architecture (paper Sec. 4.2): the `DiscreteNet` of a genotype, trained from scratch
+with SGD and a poly learning rate from ``retrain.lr`` (0.05), on Ray Train with DDP.
+
+`retrain_fn_per_worker` knows nothing about Tune; `make_retrain_trainer` / `run_retrain` build and fit the
+TorchTrainer. Each epoch reports the validation mIoU and per-class IoU on every rank; rank 0 attaches a
+checkpoint (model, optimizer, epoch, RNG) and the loop resumes from `ray.train.get_checkpoint()`.
+
+Loop config: ``{"config": <config dict>, "genotype": <genotype dict>, "run_dir": <folder for TensorBoard>}``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from orchestrator import checkpointing as ckpt
+from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
+from orchestrator.data import load_dataset, make_loader
+from orchestrator.metrics import iou_from_confusion, nan_to_none, pixel_accuracy
+from orchestrator.run_search import run_dir, torch_trainer
+from orchestrator.search_loop import _autocast, _inputs, evaluate, report, setup_process
+from search_space import DiscreteNet, Genotype
+
+
+def poly_lr(step: int, total: int, lr: float, power: float) -> float:
+    """DeepLab's poly schedule: ``lr * (1 - step / total) ** power``."""
+    return lr * (1.0 - min(step, total) / max(total, 1)) ** power
+
+
+def build_retrain_model(cfg: ExperimentConfig, genotype: Genotype, num_classes: int) -> DiscreteNet:
+    return DiscreteNet(genotype, num_classes, filter_multiplier=cfg.retrain.filter_multiplier,
+                       ops=cfg.search_space.ops, stem_channels=tuple(cfg.search_space.stem_channels))
+
+
+def _loaders(cfg: ExperimentConfig, rank: int, world: int):
+    d, r = cfg.data, cfg.retrain
+    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=r.crop_size, **d.options)
+    val = load_dataset(d.dataset, d.root, "val", train=False, crop_size=r.crop_size, **d.val_options)
+    if len(train) < r.batch_size * world:
+        raise ValueError(f"data: the training split has {len(train)} images, fewer than retrain.batch_size "
+                         f"({r.batch_size}) x retrain.num_workers ({world})")
+    loader = make_loader(train, r.batch_size, shuffle=True, num_workers=d.loader_workers, seed=cfg.runtime.seed,
+                         drop_last=True)
+    shard = torch.utils.data.Subset(val, list(range(rank, len(val), world)))
+    val_loader = torch.utils.data.DataLoader(shard, batch_size=d.val_batch_size, num_workers=d.loader_workers)
+    return (ray.train.torch.prepare_data_loader(loader),
+            ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False), train)
+
+
+def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = config_from_dict(loop_config["config"], "retrain loop config")
+    genotype = Genotype.from_dict(loop_config["genotype"], "retrain genotype")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    setup_process(cfg, rank)
+    train_loader, val_loader, train_ds = _loaders(cfg, rank, world)
+    net = build_retrain_model(cfg, genotype, train_ds.num_classes)
+    r = cfg.retrain
+    optimizer = torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = ckpt.read_checkpoint_dir(directory)
+        if state.get("genotype") != genotype.to_dict():
+            raise ckpt.CheckpointError(f"checkpoint {checkpoint.path} retrains another genotype")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+    model = ray.train.torch.prepare_model(net)
+    device = ray.train.torch.get_device()
+    criterion = nn.CrossEntropyLoss(ignore_index=train_ds.ignore_index)
+    total = r.epochs * len(train_loader)
+    writer = _writer(loop_config, rank)
+    for epoch in range(start_epoch, r.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        t0, loss_sum, images = time.time(), 0.0, 0
+        for i, (x, y) in enumerate(train_loader):
+            lr = poly_lr(epoch * len(train_loader) + i, total, r.lr, r.poly_power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(cfg, device):
+                logits = model(_inputs(x, cfg))
+            loss = criterion(logits.float(), y)
+            loss.backward()
+            optimizer.step()
+            loss_sum, images = loss_sum + float(loss), images + x.shape[0]
+        seconds = time.time() - t0
+        ev = evaluate(net, val_loader, train_ds.num_classes, train_ds.ignore_index, cfg, device)
+        per_class, miou = iou_from_confusion(ev["cm"])
+        metrics = {"epoch": epoch + 1, "val_miou": miou, "val_loss": ev["loss"], "pixel_accuracy":
+                   pixel_accuracy(ev["cm"]), "per_class_iou": nan_to_none(per_class),
+                   "classes": list(train_ds.classes), "train_loss": loss_sum / max(len(train_loader), 1),
+                   "lr": lr, "epoch_seconds": seconds, "images_per_second": images * world / max(seconds, 1e-9)}
+        _log(writer, metrics, list(train_ds.classes))
+        state = None
+        if rank == 0:
+            state = {"format_version": ckpt.FORMAT_VERSION, "model": net.state_dict(),
+                     "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": (epoch + 1) * len(train_loader),
+                     "genotype": genotype.to_dict(), "rng": ckpt.rng_state(), "config": config_to_dict(cfg)}
+        report(metrics, state, epoch + 1)
+    if writer is not None:
+        writer.close()
+
+
+def _writer(loop_config: dict[str, Any], rank: int):
+    if rank != 0 or not loop_config.get("run_dir"):
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(os.path.join(loop_config["run_dir"], "tensorboard"))
+
+
+def _log(writer, metrics: dict[str, Any], classes: list[str]) -> None:
+    if writer is None:
+        return
+    step = metrics["epoch"]
+    for key in ("val_miou", "val_loss", "pixel_accuracy", "train_loss", "lr", "images_per_second"):
+        writer.add_scalar(f"retrain/{key}", metrics[key], step)
+    for name, iou in zip(classes, metrics["per_class_iou"], strict=True):
+        if iou is not None:
+            writer.add_scalar(f"retrain_iou/{name}", iou, step)
+    writer.flush()
+
+
+def make_retrain_trainer(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str,
+                         callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer that retrains ``genotype`` with ``cfg.retrain`` into ``<storage_path>/<name>``."""
+    directory = run_dir(storage_path, name)
+    loop_config = {"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
+                   "run_dir": directory if "://" not in directory else None}
+    return torch_trainer(retrain_fn_per_worker, loop_config, cfg, directory, cfg.retrain.num_workers, callbacks)
+
+
+def run_retrain(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str = "retrain"):
+    """Fit the retrain TorchTrainer; returns its `ray.train.Result`."""
+    return make_retrain_trainer(cfg, genotype, storage_path, name).fit()

@@ -1,0 +1,127 @@
+"""A real multi-node Ray cluster on this machine, started with ``ray start`` and stopped by process id.
+
+Each node gets its own temp dir (RAY_NOTES.md: a shared one lets one node's runtime-env cleanup delete the
+other's job folder). Every process is found through its temp dir on its command line (plus descendants) and
+ended by pid: ``ray stop`` would end every Ray on the machine, including ones this test did not start.
+Auth is disabled through the environment, so nothing is written to ``~/.ray``; the dashboard and job server
+listen on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_env() -> dict[str, str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process visible in /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(entry.name)] = (ppid, cmd)
+    return out
+
+
+def pids_of(marker: str) -> set[int]:
+    """Processes whose command line mentions ``marker``, and all their descendants."""
+    procs = _processes()
+    found = {pid for pid, (_, cmd) in procs.items() if marker in cmd and pid != os.getpid()}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _) in procs.items() if ppid in found} - found
+        grew = bool(children)
+        found |= children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_pids(pids: set[int], timeout: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(alive(p) for p in pids):
+            time.sleep(0.2)
+
+
+class LocalCluster:
+    """``ray start --head`` plus ``workers`` more ``ray start`` nodes, each with ``cpus`` logical CPUs."""
+
+    def __init__(self, workers: int = 1, head_cpus: int = 2, cpus: int = 2):
+        self.root = Path(tempfile.mkdtemp(prefix="adl-"))  # short: Ray's socket paths have a length limit
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.env = cluster_env()
+        self.head_cpus, self.cpus, self.workers = head_cpus, cpus, workers
+        self.node_dirs: list[Path] = []
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _ray(self, *args: str) -> None:
+        subprocess.run([str(BIN / "ray"), *args], env=self.env, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> LocalCluster:
+        head = self.root / "head"
+        self.node_dirs.append(head)
+        self._ray("start", "--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
+                  "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
+                  f"--temp-dir={head}", "--disable-usage-stats")
+        for i in range(self.workers):
+            self.add_node(f"node{i}")
+        return self
+
+    def add_node(self, label: str) -> Path:
+        directory = self.root / label
+        self.node_dirs.append(directory)
+        self._ray("start", f"--address={self.gcs_address}", f"--num-cpus={self.cpus}", "--num-gpus=0",
+                  f"--temp-dir={directory}", "--disable-usage-stats")
+        return directory
+
+    def node_pids(self, label: str) -> set[int]:
+        return pids_of(str(self.root / label))
+
+    def stop(self) -> None:
+        """End every process this cluster started (by pid), workers first, then the head."""
+        for directory in reversed(self.node_dirs):
+            kill_pids(pids_of(str(directory)))

@@ -1,0 +1,79 @@
+"""The product as users touch it: a multi-node Ray cluster started with ``ray start`` on this machine, the smoke
+config submitted with ``ray job submit``, and what the experiment leaves on disk. Also: an impossible resource
+request fails fast with a clear message instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from local_cluster import cluster_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+@pytest.fixture(scope="module")
+def smoke_job(smoke_experiment):
+    return smoke_experiment
+
+
+def test_job_succeeds_and_sweeps_with_asha(smoke_job):
+    proc, exp = smoke_job
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    sweep = json.loads((exp / "sweep.json").read_text())
+    assert sweep["status"] == "finished"
+    assert sweep["scheduler"]["kind"] == "asha" and sweep["scheduler"]["time_attr"] == "epoch"
+    assert json.loads(next(exp.glob("experiment_state-*.json")).read_text())["trial_data"]
+    trials = sorted(p.name for p in exp.glob("train-*") if p.is_dir())
+    assert len(trials) >= 2, trials
+    records = pd.read_parquet(exp / "records.parquet")
+    assert records["trial_id"].nunique() >= 2
+    assert not records.duplicated(["trial_id", "epoch"]).any()
+
+
+def test_final_genotype_builds_a_discrete_net(smoke_job):
+    from search_space import DiscreteNet, Genotype
+
+    _, exp = smoke_job
+    genotype = Genotype.load(str(exp / "final" / "genotype.json"))
+    cfg = yaml.safe_load(SMOKE.read_text())
+    assert genotype.layers == cfg["search_space"]["layers"]
+    import torch
+
+    net = DiscreteNet(genotype, 4, filter_multiplier=2, stem_channels=(8, 8, 16), aspp_channels=8)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32, 32)
+    for png in ("path.png", "cell.png"):
+        assert (exp / "final" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_has_retrain_miou_and_tensorboard_logs_exist(smoke_job):
+    _, exp = smoke_job
+    summary = json.loads((exp / "final" / "summary.json").read_text())
+    miou = summary["retrain"]["val_miou"]
+    assert isinstance(miou, float) and 0.0 <= miou <= 1.0
+    assert summary["best_trial"] and summary["genotype"]["path"]
+    assert len(summary["retrain"]["per_class_iou"]) == len(summary["retrain"]["classes"])
+    trial_events = list(exp.glob("train-*/tensorboard/events.out.tfevents.*"))
+    assert len({p.parts[-3] for p in trial_events}) >= 2
+    assert list((exp / "final" / "retrain" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_impossible_resources_fail_fast_with_a_clear_message(ray_cluster, tmp_path):
+    env = {**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}
+    cmd = [sys.executable, "experiments/search.py", "--config", str(SMOKE), "--storage-path", str(tmp_path),
+           "scaling.cpus_per_worker=16"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "error: one trial needs CPU=" in proc.stderr
+    assert "scaling.cpus_per_worker" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*/train-*"))  # nothing started
