@@ -122,6 +122,10 @@ class RetrainConfig:
     batch_size: int = 8  # per worker; not in PAPER.md, a common DeepLab setting
     filter_multiplier: int = 20  # Auto-DeepLab-S
     num_workers: int = 2  # DDP workers, as for the search
+    # Merged over data.options / data.val_options for retraining: the search may use half-resolution images
+    # (the paper's search) while the retrain uses the full scale range.
+    data_options: dict = field(default_factory=dict)
+    val_options: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -41,8 +41,10 @@ def build_retrain_model(cfg: ExperimentConfig, genotype: Genotype, num_classes: 
 
 def _loaders(cfg: ExperimentConfig, rank: int, world: int):
     d, r = cfg.data, cfg.retrain
-    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=r.crop_size, **d.options)
-    val = load_dataset(d.dataset, d.root, "val", train=False, crop_size=r.crop_size, **d.val_options)
+    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=r.crop_size,
+                         **{**d.options, **r.data_options})
+    val = load_dataset(d.dataset, d.root, "val", train=False, crop_size=r.crop_size,
+                       **{**d.val_options, **r.val_options})
     if len(train) < r.batch_size * world:
         raise ValueError(f"data: the training split has {len(train)} images, fewer than retrain.batch_size "
                          f"({r.batch_size}) x retrain.num_workers ({world})")

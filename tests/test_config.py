@@ -131,3 +131,14 @@ def test_to_dict_round_trips_and_every_key_is_listed():
     cfg = config_from_dict({"tune": {"param_space": {"search.warmup_epochs": {"grid": [1, 2]}}}})
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert "search.arch_lr" in valid_keys() and "name" in valid_keys()
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_validate(path):
+    cfg = load_config(str(path))
+    assert cfg.search.warmup_epochs < cfg.search.epochs
+    if cfg.tune.scheduler == "asha":
+        assert cfg.tune.grace_period <= cfg.search.epochs
