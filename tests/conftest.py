@@ -1,7 +1,7 @@
 """Shared fixtures: one Ray cluster for the whole test session, and a tiny search config.
 
 Ray start-up costs 6-11 s per node and a TorchTrainer ~20 s more (RAY_NOTES.md), so every test that needs Ray
-shares `ray_cluster` (a real two-node cluster) and `ray_session` (this process connected to it). Token auth is
+shares `ray_cluster` (a real three-node cluster) and `ray_session` (this process connected to it). Token auth is
 disabled before Ray is imported, so the tests write nothing to ``~/.ray``.
 """
 
@@ -30,12 +30,13 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real two-node Ray cluster (``ray start`` head + one node, 2 logical CPUs each) for the whole session,
-    stopped by process id at the end. One Ray instance per session: with two on one machine, Ray's state API
-    (used by Train's placement-group cleaner) refuses to pick one."""
+    """A real Ray cluster for the whole session, stopped by process id at the end: a head with no CPUs (it runs
+    GCS, dashboard and job drivers, as on a real cluster) and two worker nodes of 2 logical CPUs each, so a
+    test can lose a worker node without losing the cluster. One Ray instance per session: with two on one
+    machine, Ray's state API (used by Train's placement-group cleaner) refuses to pick one."""
     from local_cluster import LocalCluster
 
-    cluster = LocalCluster(workers=1, head_cpus=2, cpus=2)
+    cluster = LocalCluster(workers=2, head_cpus=0, cpus=2)
     try:
         yield cluster.start()
     finally:
