@@ -1,0 +1,287 @@
+"""Benchmark one supernet search step: time, peak memory, parameters, FLOPs and the fraction of peak.
+
+    python experiments/bench_supernet.py --ops darts --crop 129 --batch 2 --json
+    python experiments/bench_supernet.py --ops darts --vs=--rev=e08581b --vs=--checkpoint-cells --rounds 3
+    python experiments/bench_supernet.py --device cuda --crop 321 --amp bf16 --channels-last --json
+    python experiments/bench_supernet.py --smoke-test
+
+A step is what one iteration of the first-order search does: a weight step (zero grads, forward on a
+trainA batch, cross-entropy, backward, SGD) and an arch step (the same on a trainB batch, backward to
+alpha and beta only, Adam). The public port's figures (/work/shared/PERF_NOTES.md) time zero grads +
+forward + loss + backward with every gradient, which is the weight step without the SGD update:
+compare them with ``weight_step_s``.
+
+Every measurement runs in a fresh subprocess, so peak resident memory (``ru_maxrss``) belongs to one
+config. ``--vs ARGS`` adds a variant (the base arguments followed by ARGS); variants run interleaved,
+``--rounds`` times, because this machine's speed drifts by up to 1.7x between runs of the same config.
+``--rev REV`` runs the search space of a git revision instead of the working tree (the baseline).
+
+FLOPs are counted analytically with forward hooks on every conv (`search_space.summary.count_macs`,
+FLOPs = 2 x MACs) on the plain reference forward, so they are the math of the step, not of any one
+implementation; a step is taken as 3 x forward (backward ~ 2 x forward). The dense 3x3 conv throughput
+measured in the same run gives the fraction of the machine's attainable rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PORT_CPU = {  # the public port on this machine type, 2 threads (PERF_NOTES.md): step s median, peak RSS GB
+    (12, 5, 8, 65): (15.9, 1.19), (12, 5, 8, 129): (18.4, 2.75), (12, 5, 8, 321): (41.0, 13.9),
+    (6, 5, 4, 65): (4.46, 0.52),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--blocks", type=int, default=5)
+    p.add_argument("--filter-multiplier", type=int, default=8)
+    p.add_argument("--crop", type=int, default=129)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--classes", type=int, default=19)
+    p.add_argument("--ops", choices=["paper", "darts"], default="paper")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
+    p.add_argument("--warmup", type=int, default=1, help="untimed weight+arch steps first")
+    p.add_argument("--steps", type=int, default=3, help="timed weight+arch steps per process")
+    p.add_argument("--checkpoint-cells", action="store_true", help="recompute each node in backward")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype (GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--impl", choices=["fast", "reference"], default="fast",
+                   help="reference: time the plain per-path forward instead")
+    p.add_argument("--rev", default=None, help="git revision whose search_space to run (e.g. e08581b)")
+    p.add_argument("--vs", action="append", default=[], metavar="ARGS",
+                   help="another variant: the base arguments followed by ARGS; repeatable")
+    p.add_argument("--rounds", type=int, default=1, help="fresh processes per variant, interleaved")
+    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting and the dense-conv probe")
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--smoke-test", action="store_true", help="tiny config, one step: seconds")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke_test:
+        args.layers, args.blocks, args.filter_multiplier, args.crop, args.classes = 3, 2, 2, 33, 5
+        args.warmup, args.steps = 0, 1
+    return args
+
+
+def dense_conv_gflops(device: str, seconds: float = 0.5) -> float:
+    """Best GFLOP/s of a dense 3x3 conv at 64, 128 and 256 channels (batch 2, 33x33 to 65x65)."""
+    import torch
+
+    best = 0.0
+    for c, s in ((64, 65), (128, 65), (256, 33)):
+        conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device)
+        x = torch.randn(2, c, s, s, device=device)
+        flops = 2 * 2 * c * c * 9 * s * s
+        with torch.no_grad():
+            conv(x)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                conv(x)
+                n += 1
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, flops * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def count_flops(net, crop: int) -> float:
+    """Forward GFLOP at batch 1 of the plain reference math (convs only)."""
+    import torch
+
+    from search_space.summary import count_macs
+
+    class Reference(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            fwd = getattr(self.net, "forward_reference", self.net.forward)
+            return fwd(x)
+
+    return 2 * count_macs(Reference(), (crop, crop)) / 1e9
+
+
+def build(args: argparse.Namespace):
+    import torch
+
+    from search_space import SuperNet
+
+    kwargs = {"checkpoint_cells": True} if args.checkpoint_cells else {}
+    net = SuperNet(args.classes, layers=args.layers, blocks=args.blocks, filter_multiplier=args.filter_multiplier,
+                   ops=args.ops, **kwargs)
+    if args.impl == "reference":
+        net.forward = net.forward_reference
+    net = net.to(args.device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Build the supernet and time warm-up + timed steps in this process."""
+    import torch
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    net = build(args)
+    model = torch.compile(net) if args.compile else net
+    opt_w = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    opt_a = torch.optim.Adam(net.arch_parameters(), lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
+    shape = (args.batch, 3, args.crop, args.crop)
+    xs = [torch.randn(shape, device=args.device) for _ in range(2)]
+    ys = [torch.randint(0, args.classes, (args.batch, args.crop, args.crop), device=args.device) for _ in range(2)]
+    if args.channels_last:
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    cuda = args.device == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def step(i: int, arch: bool) -> float:
+        sync()
+        t0 = time.perf_counter()
+        opt = opt_a if arch else opt_w
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            loss = F.cross_entropy(model(xs[i]), ys[i])
+        loss.backward(inputs=net.arch_parameters() if arch else net.weight_parameters())
+        opt.step()
+        sync()
+        return time.perf_counter() - t0
+
+    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.warmup):
+        step(0, False)
+        step(1, True)
+    w_times, a_times = [], []
+    for _ in range(args.steps):
+        w_times.append(step(0, False))
+        a_times.append(step(1, True))
+    out = {
+        "weight_step_s": w_times, "arch_step_s": a_times,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # kB on Linux
+        "rss_after_build_gb": rss_built,
+        "weight_params_m": sum(p.numel() for p in net.weight_parameters()) / 1e6,
+    }
+    if cuda:
+        out["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    if not args.no_flops:
+        out["fwd_gflop"] = count_flops(net.cpu() if cuda else net, args.crop) * args.batch
+    return out
+
+
+def child_cmd(base: list[str], extra: list[str]) -> tuple[list[str], dict]:
+    """The command and environment that measure one variant in a fresh process."""
+    argv = [a for a in base if a != "--json"] + extra
+    args = parse_args(argv)
+    env = dict(os.environ)
+    if args.rev:
+        src = tempfile.mkdtemp(prefix=f"bench-{args.rev}-")
+        subprocess.run(f"git -C {shlex.quote(REPO)} archive {shlex.quote(args.rev)} search_space "
+                       f"| tar -x -C {shlex.quote(src)}", shell=True, check=True)
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    else:
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return [sys.executable, os.path.abspath(__file__), "--child", *argv], env
+
+
+def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: list[float]) -> dict:
+    w = [t for r in runs for t in r["weight_step_s"]]
+    a = [t for r in runs for t in r["arch_step_s"]]
+    first = runs[0]
+    res = {
+        "variant": label,
+        "config": {k: getattr(args, k) for k in ("layers", "blocks", "filter_multiplier", "crop", "batch",
+                                                  "classes", "ops", "device", "threads", "checkpoint_cells",
+                                                  "channels_last", "amp", "compile", "impl", "rev")},
+        "torch": __import__("torch").__version__,
+        "processes": len(runs), "steps": len(w),
+        "weight_step_s": {"median": statistics.median(w), "min": min(w)},
+        "arch_step_s": {"median": statistics.median(a), "min": min(a)},
+        "peak_rss_gb": statistics.median(r["peak_rss_gb"] for r in runs),
+        "rss_after_build_gb": statistics.median(r["rss_after_build_gb"] for r in runs),
+        "weight_params_m": round(first["weight_params_m"], 3),
+    }
+    if "peak_gpu_mem_gb" in first:
+        res["peak_gpu_mem_gb"] = max(r["peak_gpu_mem_gb"] for r in runs)
+    if "fwd_gflop" in first:
+        step_gflop = 3 * first["fwd_gflop"]
+        res["fwd_gflop"] = round(first["fwd_gflop"], 3)
+        res["weight_step_gflop"] = round(step_gflop, 3)
+        res["achieved_gflops"] = round(step_gflop / res["weight_step_s"]["median"], 2)
+    if dense:
+        res["dense_conv_gflops"] = round(statistics.median(dense), 1)
+        if "achieved_gflops" in res:
+            res["fraction_of_dense"] = round(res["achieved_gflops"] / res["dense_conv_gflops"], 4)
+    port = PORT_CPU.get((args.layers, args.blocks, args.filter_multiplier, args.crop))
+    if port and args.device == "cpu" and args.ops == "darts" and args.batch == 2:
+        res["vs_port"] = {"port_step_s": port[0], "port_peak_rss_gb": port[1],
+                          "step_ratio": round(res["weight_step_s"]["median"] / port[0], 3),
+                          "rss_ratio": round(res["peak_rss_gb"] / port[1], 3)}
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args)))
+        return 0
+    base, skip = [], False
+    for a in argv:  # the arguments every variant shares: all but --vs and --rounds
+        if skip or a.startswith(("--vs=", "--rounds=")):
+            skip = False
+        elif a in ("--vs", "--rounds"):
+            skip = True
+        else:
+            base.append(a)
+    variants = [("base", [])] + [(v, shlex.split(v)) for v in args.vs]
+    runs: dict[str, list[dict]] = {label: [] for label, _ in variants}
+    dense: list[float] = []
+    for rnd in range(args.rounds):
+        if not args.no_flops:
+            dense.append(dense_conv_gflops(args.device))
+        for label, extra in variants:
+            cmd, env = child_cmd(base, extra)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr)
+                raise SystemExit(f"variant {label!r} failed (exit {proc.returncode})")
+            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if not args.json:
+                w = runs[label][-1]["weight_step_s"]
+                print(f"round {rnd} {label}: weight step {statistics.median(w):.3f} s, "
+                      f"peak RSS {runs[label][-1]['peak_rss_gb']:.2f} GB", file=sys.stderr)
+    results = [summarize(label, parse_args(base + extra), runs[label], dense) for label, extra in variants]
+    if len(results) == 1:
+        out = results[0]
+    else:
+        ref = results[0]["weight_step_s"]["median"]
+        for r in results:
+            r["step_ratio_to_base"] = round(r["weight_step_s"]["median"] / ref, 3)
+        out = {"rounds": args.rounds, "results": results}
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
