@@ -4,16 +4,33 @@ Alpha has one row per edge (block i takes H^{l-2}, H^{l-1} and blocks 0..i-1: i 
 per entry of `PRIMITIVES`; it is owned by the `SuperNet` and shared by every cell.
 
 A node of the trellis applies the same cell to up to three preprocessed H^{l-1} inputs (one per incoming
-path) with one shared H^{l-2}. The edges that read H^{l-2} therefore compute the same tensor for every
-path; `SearchCell.forward` computes them once and reuses them (exact: same input, same weights).
+path, "G" paths) with one shared H^{l-2}. Two forwards compute the same math on the same weights:
+
+- `SearchCell.forward_reference`: plain, one module call per path, edge and op (the edges that read
+  H^{l-2} are computed once per node: same input, same weights, so the same tensor for every path).
+- `SearchCell.forward`: batched. The cell's inputs are evaluated source by source (H^{l-2}, H^{l-1}, then
+  each block once it is complete); one evaluation runs every edge leaving that source, for every path, as
+  a handful of large kernels: the paths ride in the batch dimension, the edges and ops in the channel
+  dimension (a depthwise conv with a channel multiplier, pointwise convs as one batched matmul). Tensors
+  are laid out ``[N, G, S, C, H*W]`` (batch, path, slot = (op, edge), channel): read as ``[N*G, S*C, ...]``
+  it is a batch of convolutions with shared weights, read as ``[N, G*S*C, ...]`` batch norm computes its
+  statistics per path, per edge and per channel, exactly as the per-path modules do (their BNs are
+  affine=False). Pooling and skip do not depend on the edge and are computed once per source.
+  A 3x3 kernel is zero-embedded in the 5x5 of the same dilation to share one conv (exact).
+
+`fast_plan` checks that the op table has the structure the batched forward knows (ReLU-conv-BN chains,
+pools followed by BN, identity, zero); if an op does not, the cell falls back to the reference forward.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from search_space.operations import OPS, PRIMITIVES
+from search_space.operations import OPS, PRIMITIVES, Zero
 
 
 class MixedOp(nn.Module):
@@ -36,17 +53,261 @@ class MixedOp(nn.Module):
         return out
 
 
+# --- the structure of the op table, as the batched forward reads it -------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One ReLU-conv(s)-BN unit of a conv op: ``dw`` (depthwise then pointwise) or ``full`` (one conv)."""
+
+    kind: str
+    kernel: int
+    dilation: int
+    path: tuple[str, ...]  # module path from the op to the unit
+
+
+@dataclass(frozen=True)
+class ConvOp:
+    op: int  # index in PRIMITIVES
+    units: tuple[Unit, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the batched forward evaluates one source: conv ops by stage, pools, skip."""
+
+    convs: tuple[ConvOp, ...]  # sorted by number of units, most first (stage s uses a prefix)
+    stage1: tuple[tuple[int, ...], ...]  # groups of indices into convs sharing one stage-1 conv call
+    pools: tuple[int, ...]
+    skip: int | None
+    eps: float
+    momentum: float
+
+
+def _child(module: nn.Module, path: tuple[str, ...]) -> nn.Module:
+    for name in path:
+        module = getattr(module, name) if not name.isdigit() else module[int(name)]
+    return module
+
+
+def _unit(seq: nn.Module, path: tuple[str, ...]) -> Unit | None:
+    mods = list(seq.children()) if isinstance(seq, nn.Sequential) else []
+    if len(mods) not in (3, 4) or not isinstance(mods[0], nn.ReLU) or not _plain_bn(mods[-1]):
+        return None
+    convs = mods[1:-1]
+    if not all(isinstance(c, nn.Conv2d) and _same_conv(c) for c in convs):
+        return None
+    first = convs[0]
+    if len(convs) == 2 and first.groups == first.in_channels == first.out_channels and \
+            convs[1].kernel_size == (1, 1) and convs[1].groups == 1:
+        kind = "dw"
+    elif len(convs) == 1 and first.groups == 1:
+        kind = "full"
+    else:
+        return None
+    return Unit(kind, first.kernel_size[0], first.dilation[0], path)
+
+
+def _same_conv(c: nn.Conv2d) -> bool:
+    k, d = c.kernel_size[0], c.dilation[0]
+    return (c.bias is None and c.stride == (1, 1) and c.kernel_size == (k, k) and c.dilation == (d, d)
+            and k % 2 == 1 and c.padding == (d * (k - 1) // 2,) * 2)
+
+
+def _plain_bn(m: nn.Module) -> bool:
+    return (type(m) is nn.BatchNorm2d and not m.affine and m.track_running_stats and m.momentum is not None)
+
+
+def _conv_op(op: nn.Module, k: int) -> ConvOp | None:
+    single = _unit(op, ())
+    if single is not None:
+        return ConvOp(k, (single,))
+    if not isinstance(op, nn.Sequential) or len(op) == 0:
+        return None
+    units = tuple(_unit(u, (str(i),)) for i, u in enumerate(op))
+    return ConvOp(k, units) if all(u is not None for u in units) else None
+
+
+def fast_plan(mixed: MixedOp) -> Plan | None:
+    """The batched evaluation plan for cells of MixedOps like ``mixed``, or None if an op is unknown."""
+    convs, pools, skip, bns = [], [], None, []
+    for k, op in enumerate(mixed.ops):
+        if isinstance(op, Zero):
+            continue
+        if isinstance(op, nn.Identity):
+            skip = k
+        elif (isinstance(op, nn.Sequential) and len(op) == 2 and isinstance(op[0], nn.MaxPool2d | nn.AvgPool2d)
+              and _plain_bn(op[1])):
+            pools.append(k)
+            bns.append(op[1])
+        elif (conv := _conv_op(op, k)) is not None:
+            convs.append(conv)
+            bns += [_child(op, u.path)[-1] for u in conv.units]
+        else:
+            return None
+    if not convs or len({(bn.eps, bn.momentum) for bn in bns}) != 1:
+        return None
+    convs.sort(key=lambda c: -len(c.units))
+    if any(u.kind != "dw" or u.dilation != c.units[1].dilation for c in convs for u in c.units[1:]) or \
+            len({c.units[1].dilation for c in convs if len(c.units) > 1}) > 1:
+        return None  # later stages: one depthwise-pointwise call for every op that has them
+    # Stage 1: depthwise ops of one dilation share a call; full convs run one call each. The groups keep
+    # the ops with more units first, so every stage's ops are a prefix of the previous stage's slots.
+    keys = [(c.units[0].dilation, len(c.units)) if c.units[0].kind == "dw" else ("full", i)
+            for i, c in enumerate(convs)]
+    stage1 = tuple(tuple(i for i in range(len(convs)) if keys[i] == key) for key in dict.fromkeys(keys))
+    order = [i for group in stage1 for i in group]
+    if order != sorted(order):
+        return None
+    return Plan(tuple(convs), stage1, tuple(pools), skip, bns[0].eps, bns[0].momentum)
+
+
+# --- a depthwise conv whose weight gradient is fast on CPU -------------------------------------------------
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """Depthwise conv (one input channel per output channel, stride 1) with a faster CPU weight gradient.
+
+    oneDNN computes the weight gradient of such a conv several times slower than the conv itself. It is a
+    correlation of the padded input with the output gradient, i.e. a depthwise *forward* conv whose kernel
+    is the output gradient (one channel per (sample, channel), stride = dilation), summed over the batch:
+    the same numbers, 3-4x faster at the sizes of the search.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        pad = dilation * (weight.shape[-1] - 1) // 2
+        return F.conv2d(x, weight, padding=pad, dilation=dilation, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        d, k = ctx.dilation, weight.shape[-1]
+        n, c, h, w = x.shape
+        pad = d * (k - 1) // 2
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [pad, pad], [d, d], False,
+                                                         [0, 0], c, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            padded = F.pad(x, (pad, pad, pad, pad)).reshape(1, n * c, h + 2 * pad, w + 2 * pad)
+            grad_w = F.conv2d(padded, grad.reshape(n * c, 1, h, w), stride=d, groups=n * c)
+            grad_w = grad_w.view(n, c, k, k).sum(0).view_as(weight)
+        return grad_x, grad_w, None
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, groups=C)`` with "same" padding; the custom weight gradient on CPU only."""
+    if x.device.type == "cpu" and torch.is_grad_enabled():
+        return _DepthwiseConv.apply(x, weight, dilation)
+    pad = dilation * (weight.shape[-1] - 1) // 2
+    return F.conv2d(x, weight, padding=pad, dilation=dilation, groups=x.shape[1])
+
+
+# --- the cell -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One conv call of the batched forward: ``ops`` (indices into ``Plan.convs``) at ``stage`` (1-based)."""
+
+    stage: int
+    ops: tuple[int, ...]
+    kind: str  # "dw": a depthwise call shared by the ops, then one batched pointwise; "full": one conv
+    kernel: int
+    dilation: int
+
+
 class SearchCell(nn.Module):
-    """B blocks of mixed ops on inputs already preprocessed to ``channels``; output concatenates blocks."""
+    """B blocks of mixed ops on inputs already preprocessed to ``channels``; output concatenates blocks.
+
+    The running statistics of the mixed ops' BNs live in one stacked buffer, ``bn_stats`` (``[2, rows, C]``,
+    mean and variance), of which every BN module's buffers are views: the per-module state dict is as
+    before, the reference forward updates them through the modules, the batched forward in one go.
+    """
 
     def __init__(self, channels: int, blocks: int, ops: str):
         super().__init__()
-        self.blocks = blocks
+        self.channels, self.blocks = channels, blocks
         self.edges = nn.ModuleList(MixedOp(channels, ops) for b in range(blocks) for _ in range(b + 2))
         self.offsets = [sum(i + 2 for i in range(b)) for b in range(blocks)]
+        # Source i (0: H^{l-2}, 1: H^{l-1}, i >= 2: block i - 2) feeds blocks max(0, i - 1) .. B - 1.
+        self.sources = [[self.offsets[b] + i for b in range(max(0, i - 1), blocks)] for i in range(blocks + 1)]
+        self._order = [e for src in self.sources for e in src]  # edges grouped by source
+        self.register_buffer("order", torch.tensor(self._order), persistent=False)
+        self._folds: dict = {}
+        self.plan = fast_plan(self.edges[0])
+        if self.plan is not None:
+            self._calls = self._make_calls()
+            self._layout()
 
-    def forward(self, s0: torch.Tensor, s1_paths: list[torch.Tensor], weights: torch.Tensor
-                ) -> list[torch.Tensor]:
+    # -- structure, computed once --
+
+    def _make_calls(self) -> list[Call]:
+        plan, calls = self.plan, []
+        for group in plan.stage1:
+            unit = plan.convs[group[0]].units[0]
+            calls.append(Call(1, group, unit.kind, max(plan.convs[i].units[0].kernel for i in group), unit.dilation))
+        for stage in range(2, len(plan.convs[0].units) + 1):
+            ops = tuple(i for i, c in enumerate(plan.convs) if len(c.units) >= stage)
+            calls.append(Call(stage, ops, "dw", max(plan.convs[i].units[stage - 1].kernel for i in ops),
+                              plan.convs[ops[0]].units[stage - 1].dilation))
+        return calls
+
+    def _layout(self) -> None:
+        """BN rows (per source: stage 1, 2, ... slots, then pools; slots ordered (op, edge)) and the index
+        tensors that gather each call's stacked weights into per-source contiguous blocks."""
+        plan, c = self.plan, self.channels
+        pos = {e: p for p, e in enumerate(self._order)}
+        n = len(self._order)
+        bns, self._rows = [], []
+        stage_ops = [tuple(range(len(plan.convs)))] + [call.ops for call in self._calls if call.stage > 1]
+        for src in self.sources:
+            rows = {}
+            for stage, ops in enumerate(stage_ops, start=1):
+                rows[stage] = slice(len(bns), len(bns) + len(ops) * len(src))
+                bns += [_child(self.edges[e].ops[plan.convs[i].op], plan.convs[i].units[stage - 1].path)[-1]
+                        for i in ops for e in src]
+            rows[0] = slice(len(bns), len(bns) + len(plan.pools) * len(src))
+            bns += [self.edges[e].ops[k][1] for k in plan.pools for e in src]
+            self._rows.append(rows)
+        self._bn_modules = bns
+        self.register_buffer("bn_stats", torch.stack([torch.stack([b.running_mean, b.running_var], 0) for b in bns],
+                                                     1).detach().clone(), persistent=False)
+        self.register_buffer("bn_count", torch.stack([b.num_batches_tracked for b in bns]).clone(),
+                             persistent=False)
+        self._bind_stats()
+        for j, call in enumerate(self._calls):  # (source, [c,] op, edge) for stage 1; (source, op, edge, c) later
+            dw, pw = [], []
+            for src in self.sources:
+                slots = [(i, pos[e]) for i in range(len(call.ops)) for e in src]
+                pw += [i * n + p for i, p in slots]
+                if call.stage == 1:
+                    dw += [(i * n + p) * c + ch for ch in range(c) for i, p in slots]
+                else:
+                    dw += [(i * n + p) * c + ch for i, p in slots for ch in range(c)]
+            self.register_buffer(f"dw_index{j}", torch.tensor(dw), persistent=False)
+            self.register_buffer(f"pw_index{j}", torch.tensor(pw), persistent=False)
+
+    def _bind_stats(self) -> None:
+        for r, bn in enumerate(self._bn_modules):
+            bn.running_mean, bn.running_var = self.bn_stats[0, r], self.bn_stats[1, r]
+            bn.num_batches_tracked = self.bn_count[r]
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.plan is not None:  # conversions replace every buffer: make the modules' views again
+            self._bind_stats()
+            self._folds.clear()
+        return self
+
+    # -- forwards --
+
+    def forward_reference(self, s0: torch.Tensor, s1_paths: list[torch.Tensor], weights: torch.Tensor
+                          ) -> list[torch.Tensor]:
         """Apply the cell to (s0, s1) for each s1 in ``s1_paths``; ``weights`` is softmax(alpha)."""
         from_s0 = [self.edges[o](s0, weights[o]) for o in self.offsets]
         outs = []
@@ -59,3 +320,161 @@ class SearchCell(nn.Module):
                 states.append(total)
             outs.append(torch.cat(states[2:], dim=1))
         return outs
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, probs: torch.Tensor,
+                update_stats: bool = True) -> torch.Tensor:
+        """sum_g probs[g] * Cell(s0, s1[:, g]): s0 ``[N, C, H, W]``, s1 ``[N, G, C, H, W]`` (G paths).
+
+        ``update_stats=False`` leaves the running statistics alone (a checkpointed recomputation).
+        """
+        if self.plan is None:
+            outs = self.forward_reference(s0, list(s1.unbind(1)), weights)
+            return sum(p * out for p, out in zip(probs.unbind(0), outs, strict=True))
+        n, g, c, h, w = s1.shape
+        s0, s1 = s0.contiguous(), s1.reshape(n * g, c, h, w).contiguous()  # e.g. from channels_last convs
+        packed = self._pack(weights)
+        fold = self._fold(g) if self.training else None
+        tmp = self.bn_stats.new_zeros(2, fold[4]) if fold is not None else None
+        acc, blocks, start = None, [], 0
+        for i, src in enumerate(self.sources):
+            if i == 0:
+                x, groups = s0, 1
+            elif i == 1:
+                x, groups = s1, g
+            else:  # block i - 2 is complete: it is the next source
+                blocks.append(acc[:, :, 0].contiguous())
+                x, groups, acc = blocks[-1].view(n * g, c, h, w), g, acc[:, :, 1:]
+            edges = slice(start, start + len(src))
+            y = self._source(x, groups, i, packed, edges, tmp, fold[5][i] if fold is not None else None)
+            y = y.view(n, groups, len(src), c, h * w)
+            acc = y if acc is None else acc + y
+            start += len(src)
+        blocks.append(acc[:, :, 0])
+        out = torch.stack(blocks, dim=2).view(n, g, -1)  # [N, G, B * C * H * W]
+        if fold is not None and update_stats:
+            self._update_stats(tmp, fold)
+        return torch.matmul(probs.to(out.dtype), out).view(n, self.blocks * c, h, w)
+
+    def _pack(self, weights: torch.Tensor) -> dict:
+        """This forward's weights, stacked over edges and gathered per call into per-source blocks."""
+        edges = [self.edges[e] for e in self._order]
+        packed = {"w": weights.index_select(0, self.order).t()}  # [K, edges], source-grouped
+        for j, call in enumerate(self._calls):
+            convs = [self.plan.convs[i] for i in call.ops]
+            units = [_child(m.ops[cv.op], cv.units[call.stage - 1].path) for cv in convs for m in edges]
+            if call.kind == "full":
+                packed[j] = torch.stack([u[1].weight for u in units])  # [edges, C_out, C_in, k, k]
+                continue
+            dw = []
+            for i, cv in enumerate(convs):
+                t = torch.stack([u[1].weight for u in units[i * len(edges):(i + 1) * len(edges)]]).squeeze(2)
+                pad = (call.kernel - cv.units[call.stage - 1].kernel) // 2
+                dw.append(F.pad(t, (pad,) * 4) if pad else t)
+            dw = (torch.cat(dw) if len(dw) > 1 else dw[0]).view(-1, call.kernel * call.kernel)
+            pw = torch.stack([u[2].weight for u in units]).flatten(1, 3).view(len(units), self.channels, -1)
+            packed[j] = (dw.index_select(0, getattr(self, f"dw_index{j}")),
+                         pw.index_select(0, getattr(self, f"pw_index{j}")))
+        return packed
+
+    def _fold(self, groups: int) -> tuple:
+        """How one training forward's batch statistics fold into the running statistics (cached per G).
+
+        The reference updates each BN once per path, in path order: r <- (1 - m) r + m s_g, so G updates give
+        r <- (1 - m)^G r + sum_g m (1 - m)^(G - 1 - g) s_g. Every BN call writes its per-path batch mean and
+        unbiased variance (momentum 1) into a chunk of one scratch tensor; `index` gathers them per row.
+        """
+        like = self.bn_stats
+        key = (groups, like.device, like.dtype)
+        if key in self._folds:
+            return self._folds[key]
+        m, c, plan = self.plan.momentum, self.channels, self.plan
+        chunks, index, coef, decay, count, offset = [], [], [], [], [], 0
+        for i, src in enumerate(self.sources):
+            gi, e = (1 if i == 0 else groups), len(src)
+            calls = {}
+            for stage, rows in self._rows[i].items():
+                slots = (rows.stop - rows.start) if stage else len(plan.pools)
+                calls[stage] = (offset, offset + gi * slots * c)
+                for r in range(rows.stop - rows.start):
+                    slot = r if stage else r // e
+                    index.append([offset + (gg * slots + slot) * c + ch if gg < gi else 0
+                                  for gg in range(groups) for ch in range(c)])
+                    coef.append([m * (1 - m) ** (gi - 1 - gg) if gg < gi else 0.0 for gg in range(groups)])
+                    decay.append((1 - m) ** gi)
+                    count.append(gi)
+                offset += gi * slots * c
+            chunks.append(calls)
+        index_t = torch.tensor(index, device=like.device).view(-1, groups, c).transpose(0, 1)
+        fold = (index_t.reshape(groups, -1), torch.tensor(coef, dtype=like.dtype, device=like.device).t()[..., None],
+                torch.tensor(decay, dtype=like.dtype, device=like.device)[:, None],
+                torch.tensor(count, device=like.device), offset, chunks)
+        self._folds[key] = fold
+        return fold
+
+    def _update_stats(self, tmp: torch.Tensor, fold: tuple) -> None:
+        index, coef, decay, count = fold[:4]
+        with torch.no_grad():
+            gathered = tmp[:, index].view(2, index.shape[0], -1, self.channels)  # [2, G, rows, C]
+            self.bn_stats.mul_(decay).add_((gathered * coef).sum(1))
+            self.bn_count.add_(count)
+
+    def _bn(self, y: torch.Tensor, groups: int, rows: slice, tmp: torch.Tensor | None,
+            chunk: tuple[int, int] | None) -> torch.Tensor:
+        """BN of ``y`` ``[N * G, S, C, H * W]``, one affine-free BN per slot (rows ``rows`` of ``bn_stats``).
+
+        Training: statistics per path, slot and channel (the view ``[N, G * S * C, H * W]``), written to the
+        scratch ``tmp[:, chunk]``. Eval: each slot's own running statistics.
+        """
+        flat = y.reshape(y.shape[0] // groups, -1, y.shape[-1])
+        if not self.training:
+            st = self.bn_stats[:, rows]
+            st = st.unsqueeze(1).expand(2, groups, *st.shape[1:]).reshape(2, -1)
+            return F.batch_norm(flat, st[0], st[1], None, None, False, 0.0, self.plan.eps).view_as(y)
+        a, b = chunk
+        return F.batch_norm(flat, tmp[0, a:b], tmp[1, a:b], None, None, True, 1.0, self.plan.eps).view_as(y)
+
+    def _source(self, x: torch.Tensor, groups: int, i: int, packed: dict, edges: slice,
+                tmp: torch.Tensor | None, chunks: dict | None) -> torch.Tensor:
+        """Every edge leaving source ``i``, for every path: ``x`` ``[N * G, C, H, W]`` -> ``[N * G, E, C, H * W]``."""
+        plan, ng, c, h, w = self.plan, x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        e, rows = edges.stop - edges.start, self._rows[i]
+        wt = packed["w"][:, edges]  # [K, E]
+        r = F.relu(x)
+        parts, y, out = [], None, None
+        for j, call in enumerate(self._calls):
+            pad = call.dilation * (call.kernel - 1) // 2
+            if call.stage == 1 and call.kind == "full":
+                weight = packed[j][edges].flatten(0, 1)
+                parts.append(F.conv2d(r, weight, padding=pad, dilation=call.dilation).view(ng, e, c, h * w))
+            elif call.stage == 1:
+                m = len(call.ops)
+                dw = packed[j][0][edges.start * c * m:edges.stop * c * m].view(-1, 1, call.kernel, call.kernel)
+                pw = packed[j][1][edges.start * m:edges.stop * m]
+                z = F.conv2d(r, dw, padding=pad, dilation=call.dilation, groups=c)
+                parts.append(torch.matmul(pw, z.view(ng, c, m * e, h * w).transpose(1, 2)))
+            if call.stage == 1 and j + 1 < len(self._calls) and self._calls[j + 1].stage == 1:
+                continue
+            if call.stage == 1:
+                y = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [NG, S1, C, HW]
+            else:  # the ops that have this stage are the leading slots of the previous one
+                m = len(call.ops)
+                z = F.relu(y[:, : m * e]).reshape(ng, m * e * c, h, w)
+                dw = packed[j][0][edges.start * c * m:edges.stop * c * m].view(-1, 1, call.kernel, call.kernel)
+                z = depthwise_conv(z, dw, call.dilation)
+                y = torch.matmul(packed[j][1][edges.start * m:edges.stop * m], z.view(ng, m * e, c, h * w))
+            y = self._bn(y, groups, rows[call.stage], tmp, chunks and chunks[call.stage])
+            done = [cv.op for cv in plan.convs[: y.shape[1] // e] if len(cv.units) == call.stage]
+            if done:  # ops whose last unit is this stage hold the trailing slots
+                ws = wt[done].reshape(len(done), e, 1, 1)
+                term = (y[:, -len(done) * e:].view(ng, len(done), e, c, h * w) * ws).sum(1)
+                out = term if out is None else out + term
+        if plan.pools:  # the pools and, in training, their batch norm are the same for every edge
+            pooled = torch.stack([self.edges[0].ops[k][0](x) for k in plan.pools], 1).view(ng, -1, c, h * w)
+            if not self.training:
+                pooled = pooled.unsqueeze(2).expand(ng, len(plan.pools), e, c, h * w).flatten(1, 2)
+            pooled = self._bn(pooled, groups, rows[0], tmp, chunks and chunks[0])
+            ws = wt[list(plan.pools)].reshape(len(plan.pools), e, 1, 1)
+            out = out + (pooled.view(ng, len(plan.pools), -1, c, h * w) * ws).sum(1)
+        if plan.skip is not None:
+            out = out + x.view(ng, 1, c, h * w) * wt[plan.skip].view(e, 1, 1)
+        return out

@@ -10,6 +10,11 @@ of layer l-2 closest in size is bilinearly resampled. A node's output has B * F 
 
 Only reachable nodes are built. Alpha and beta are registered parameters kept apart from the weights:
 `arch_parameters()` and `weight_parameters()` partition `parameters()`.
+
+`forward` runs each node's cell batched over its paths, edges and ops (`cell_search.SearchCell.forward`);
+`forward_reference` is the plain per-path, per-edge forward with the same math on the same weights, kept
+for tests and FLOP counting. ``checkpoint_cells`` recomputes each cell in backward instead of keeping its
+activations (memory for time).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from search_space.cell_search import SearchCell
 from search_space.decoding import decode_cell, decode_path, num_edges
@@ -52,11 +58,30 @@ class Node(nn.Module):
         self.pre_pp = ReLUConvBN(pp_channels, width, 1)
         self.cell = SearchCell(width, blocks, ops)
 
-    def forward(self, prev: dict[int, torch.Tensor], pp: torch.Tensor, probs: dict[int, torch.Tensor],
-                weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _inputs(self, prev: dict[int, torch.Tensor], pp: torch.Tensor, sources: list[int],
+                size: tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         paths = [self.pre[str(src)](resize(prev[src], size) if src > self.level else prev[src])
-                 for src in probs]
-        outs = self.cell(self.pre_pp(resize(pp, size)), paths, weights)
+                 for src in sources]
+        return self.pre_pp(resize(pp, size)), paths
+
+    def forward(self, prev: dict[int, torch.Tensor], pp: torch.Tensor, probs: dict[int, torch.Tensor],
+                weights: torch.Tensor, size: tuple[int, int], checkpointed: bool = False) -> torch.Tensor:
+        s0, paths = self._inputs(prev, pp, list(probs), size)
+        s1, p = torch.stack(paths, dim=1), torch.stack(list(probs.values()))
+        if not checkpointed:
+            return self.cell(s0, s1, weights, p)
+        calls = []  # the recomputation in backward must not update the running statistics a second time
+
+        def run(s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+            calls.append(None)
+            return self.cell(s0, s1, weights, p, update_stats=len(calls) == 1)
+
+        return checkpoint(run, s0, s1, weights, p, use_reentrant=False, preserve_rng_state=False)
+
+    def forward_reference(self, prev: dict[int, torch.Tensor], pp: torch.Tensor, probs: dict[int, torch.Tensor],
+                          weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        s0, paths = self._inputs(prev, pp, list(probs), size)
+        outs = self.cell.forward_reference(s0, paths, weights)
         total = probs[next(iter(probs))] * outs[0]
         for p, out in zip(list(probs.values())[1:], outs[1:], strict=True):
             total = total + p * out
@@ -73,16 +98,20 @@ class SuperNet(nn.Module):
         filter_multiplier: F; a node at rate s has B * F * s / 4 channels.
         ops: op family, "paper" or "darts" (see `operations`).
         stem_channels: filters of the three stem convs.
+        checkpoint_cells: in training, recompute each cell during backward instead of storing its
+            activations: less memory, about one more forward of time.
     """
 
     def __init__(self, num_classes: int, layers: int = 12, blocks: int = 5, filter_multiplier: int = 8,
-                 ops: str = "paper", stem_channels: tuple[int, int, int] = (64, 64, 128)):
+                 ops: str = "paper", stem_channels: tuple[int, int, int] = (64, 64, 128),
+                 checkpoint_cells: bool = False):
         super().__init__()
         if layers < 1 or blocks < 1 or filter_multiplier < 1 or num_classes < 1:
             raise ValueError("SuperNet needs layers, blocks, filter_multiplier and num_classes >= 1, got "
                              f"{layers}, {blocks}, {filter_multiplier}, {num_classes}")
         self.num_classes, self.layers, self.blocks = num_classes, layers, blocks
         self.filter_multiplier, self.ops = filter_multiplier, check_family(ops)
+        self.checkpoint_cells = checkpoint_cells
         self.stem = Stem(stem_channels)
         self.nodes = nn.ModuleDict()
         self.pp_source: dict[tuple[int, int], int] = {}
@@ -116,17 +145,29 @@ class SuperNet(nn.Module):
         return Genotype(cell=decode_cell(self.alpha), path=decode_path(self.beta))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, reference=False)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same math as `forward`, one module call per path, edge and op (for tests and FLOP counts)."""
+        return self._forward(x, reference=True)
+
+    def _forward(self, x: torch.Tensor, reference: bool) -> torch.Tensor:
         rate2, rate4 = self.stem(x)
         sizes = level_sizes(tuple(rate4.shape[2:]), NUM_LEVELS)
         weights = torch.softmax(self.alpha, dim=-1)
         trans = transition_probs(self.beta)
+        checkpointed = self.checkpoint_cells and self.training and torch.is_grad_enabled() and not reference
         prev_prev, prev = {-1: rate2}, {0: rate4}
         for layer in range(1, self.layers + 1):
             cur = {}
             for level in reachable_levels(layer):
                 probs = {src: trans[layer - 1, src, d] for src, d in incoming(layer, level)}
                 pp = prev_prev[self.pp_source[(layer, level)]]
-                cur[level] = self.nodes[f"{layer}_{level}"](prev, pp, probs, weights, sizes[level])
+                node = self.nodes[f"{layer}_{level}"]
+                if reference:
+                    cur[level] = node.forward_reference(prev, pp, probs, weights, sizes[level])
+                else:
+                    cur[level] = node(prev, pp, probs, weights, sizes[level], checkpointed)
             prev_prev, prev = prev, cur
         out_size = x.shape[2:]
         logits = None

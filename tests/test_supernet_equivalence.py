@@ -1,0 +1,108 @@
+"""The batched supernet forward computes the paper's math: it matches the plain per-path reference forward
+on the same weights (outputs, gradients of alpha, beta and every weight, BN running statistics)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from search_space import OP_FAMILIES, SuperNet
+from search_space.cell_search import fast_plan
+
+TINY = dict(layers=3, filter_multiplier=2, stem_channels=(8, 8, 16))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP waits make them 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _pair(family: str, blocks: int, **kwargs) -> tuple[SuperNet, SuperNet]:
+    torch.manual_seed(blocks)
+    net = SuperNet(4, blocks=blocks, ops=family, **TINY, **kwargs).double()
+    with torch.no_grad():  # alpha and beta far from uniform, so every op and path weighs differently
+        net.alpha.normal_()
+        net.beta.normal_()
+    return net, copy.deepcopy(net)
+
+
+def _step(net: SuperNet, x: torch.Tensor, cotangent: torch.Tensor, reference: bool) -> torch.Tensor:
+    net.zero_grad(set_to_none=True)
+    y = net.forward_reference(x) if reference else net(x)
+    (y * cotangent).sum().backward()
+    return y.detach()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, name: str, floor: float = 1e-12) -> None:
+    """max |a - b| <= rtol * max |b|: relative to the tensor's scale (float64 sums differ only in order)."""
+    err = (a - b).abs().max().item()
+    assert err <= rtol * max(b.abs().max().item(), floor), f"{name}: max error {err:.3g}"
+
+
+def _assert_same(fast: SuperNet, ref: SuperNet, y_fast: torch.Tensor, y_ref: torch.Tensor, rtol: float = 1e-9
+                 ) -> None:
+    _close(y_fast, y_ref, rtol, "output")
+    grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        q = grads[name]
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            _close(p.grad, q.grad, rtol, name)
+    buffers = dict(ref.named_buffers())
+    for name, b in fast.named_buffers():
+        _close(b.double(), buffers[name].double(), rtol, name, floor=1.0)  # running statistics are O(1)
+
+
+@pytest.mark.parametrize("family", OP_FAMILIES)
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_batched_forward_matches_reference_train_then_eval(family, blocks):
+    fast, ref = _pair(family, blocks)
+    assert all(node.cell.plan is not None for node in fast.nodes.values())  # the batched path is taken
+    size = (33, 27)
+    for _ in range(2):  # train mode twice (running statistics accumulate), then eval mode
+        x = torch.randn(2, 3, *size, dtype=torch.float64)
+        cotangent = torch.randn(2, 4, *size, dtype=torch.float64)
+        _assert_same(fast, ref, _step(fast, x, cotangent, False), _step(ref, x, cotangent, True))
+    fast.eval()
+    ref.eval()
+    _assert_same(fast, ref, _step(fast, x, cotangent, False), _step(ref, x, cotangent, True))
+
+
+@pytest.mark.parametrize("family", OP_FAMILIES)
+def test_checkpointed_cells_match_reference_and_update_statistics_once(family):
+    fast, ref = _pair(family, 2, checkpoint_cells=True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    cotangent = torch.randn(2, 4, 32, 32, dtype=torch.float64)
+    _assert_same(fast, ref, _step(fast, x, cotangent, False), _step(ref, x, cotangent, True))
+
+
+def test_float32_close_to_float64_reference():
+    fast, ref = _pair("paper", 3)
+    fast.float()
+    x = torch.randn(2, 3, 29, 35, dtype=torch.float64)
+    cotangent = torch.randn(2, 4, 29, 35, dtype=torch.float64)
+    y_fast = _step(fast, x.float(), cotangent.float(), False)
+    y_ref = _step(ref, x, cotangent, True)
+    _close(y_fast.double(), y_ref, 1e-4, "output")
+    for p, q in ((fast.alpha, ref.alpha), (fast.beta, ref.beta)):
+        _close(p.grad.double(), q.grad, 1e-4, "arch grad")
+
+
+def test_unknown_op_structure_falls_back_to_reference():
+    fast, ref = _pair("darts", 2)
+    mixed = fast.nodes["1_0"].cell.edges[0]
+    assert fast_plan(mixed) is not None
+    for net in (fast, ref):  # an op the batched path does not know
+        ops = net.nodes["1_0"].cell.edges[0].ops
+        ops[4] = torch.nn.Sequential(torch.nn.Tanh(), ops[4])
+    assert fast_plan(mixed) is None
+    fast.nodes["1_0"].cell.plan = None
+    x = torch.randn(2, 3, 24, 24, dtype=torch.float64)
+    cotangent = torch.randn(2, 4, 24, 24, dtype=torch.float64)
+    _assert_same(fast, ref, _step(fast, x, cotangent, False), _step(ref, x, cotangent, True))
