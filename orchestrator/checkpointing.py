@@ -6,6 +6,10 @@ previous genotype and the config the checkpoint was made with. Only tensors, num
 dicts go in, so ``torch.load(weights_only=True)`` reads it back (no pickled classes, no code execution).
 
 The manifest records the state file's SHA-256 and size; `read_checkpoint_dir` verifies them before loading.
+`read_newest_valid` resumes from a run's newest checkpoint that passes that check: a truncated or corrupt
+latest checkpoint (a crash while Ray copied it to storage, a bad disk) costs the epochs since the one before,
+with a warning naming the folder and why, instead of the run. It lists the run folder through the checkpoint's
+own filesystem, so the same fallback works on local disk, NFS and object stores (S3, GCS) alike.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ from orchestrator.config import SEARCH_SPACE_KEYS
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
+CHECKPOINT_PREFIX = "checkpoint_epoch"
+"""Search and retrain checkpoints are ``checkpoint_epoch<kkkk>`` folders in the run folder; names sort by epoch."""
 
 
 class CheckpointError(ValueError):
@@ -84,6 +92,73 @@ def read_checkpoint_dir(directory: str | os.PathLike, map_location: str | torch.
     """Verify and load a checkpoint's state with ``weights_only=True``."""
     verify_checkpoint_dir(directory)
     return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
+
+
+def checkpoint_dir_name(epoch: int, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """``checkpoint_epoch<epoch>``, or with ``-1``, ``-2``... appended when that name is in ``taken``.
+
+    After a fallback from a corrupt checkpoint the loop re-runs its epoch; reporting under the corrupt folder's
+    name would make two entries of Ray's checkpoint manager share one folder, and deleting the older entry
+    would then delete the new checkpoint. The suffix sorts after the plain name and before the next epoch.
+    """
+    name = f"{CHECKPOINT_PREFIX}{epoch:04d}"
+    n = 0
+    while (candidate := name if n == 0 else f"{name}-{n}") in taken:
+        n += 1
+    return candidate
+
+
+def sibling_checkpoints(checkpoint: Any) -> list[Any]:
+    """The other ``checkpoint_epoch*`` folders in ``checkpoint``'s run folder, as Ray Checkpoints, newest first.
+
+    Args:
+        checkpoint: a `ray.train.Checkpoint`; its filesystem (local, NFS, S3, GCS) is what is listed.
+    """
+    import pyarrow.fs
+    import ray.train
+
+    parent, own = posixpath.split(checkpoint.path.rstrip("/"))
+    infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    names = sorted(i.base_name for i in infos
+                   if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
+    return [ray.train.Checkpoint(path=posixpath.join(parent, n), filesystem=checkpoint.filesystem)
+            for n in reversed(names) if n != own]
+
+
+def read_newest_valid(checkpoint: Any, warn: Callable[[str], None],
+                      older: Callable[[Any], list[Any]] = sibling_checkpoints) -> tuple[dict[str, Any], Any]:
+    """The state of ``checkpoint`` (Ray's latest), else of the newest older checkpoint that verifies.
+
+    Each checkpoint that fails verification is reported through ``warn`` (folder and reason) and skipped; only
+    checkpoints older than ``checkpoint`` are tried, so a resumed run never jumps ahead of Ray's bookkeeping.
+
+    Returns:
+        (state, the Ray Checkpoint it came from).
+
+    Raises:
+        CheckpointError: no checkpoint of the run verifies.
+    """
+    failures = []
+
+    def candidates() -> Iterator[Any]:
+        yield checkpoint
+        own = posixpath.basename(checkpoint.path.rstrip("/"))
+        yield from (c for c in older(checkpoint) if posixpath.basename(c.path) < own)
+
+    for candidate in candidates():
+        try:
+            with candidate.as_directory() as directory:
+                state = read_checkpoint_dir(directory)
+        except CheckpointError as err:
+            failures.append(str(err))
+            warn(f"{err}; trying the checkpoint before it")
+            continue
+        return state, candidate
+    raise CheckpointError(
+        f"no checkpoint of run {posixpath.dirname(checkpoint.path.rstrip('/'))} passes verification "
+        f"({'; '.join(failures)}). Nothing can be resumed: move the run folder away to start it afresh, or run "
+        "under another name."
+    )
 
 
 def check_compatible(state: dict[str, Any], search_space: dict[str, Any], num_classes: int,

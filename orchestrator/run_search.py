@@ -28,6 +28,10 @@ class ResourceError(RuntimeError):
     """The config's workers cannot be placed on this cluster; raised before Ray would wait forever."""
 
 
+class DivergedError(RuntimeError):
+    """The search's losses or architecture parameters became NaN or infinite; the message says when and why."""
+
+
 def _is_local(path: str) -> bool:
     return "://" not in path
 
@@ -74,20 +78,30 @@ def read_epochs(directory: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(f.read_text(encoding="utf-8")) for f in files]
 
 
-def check_resources(cfg: ExperimentConfig) -> None:
-    """Fail fast when the cluster has fewer CPUs/GPUs than the workers ask for (RAY_NOTES: otherwise Ray
-    waits for the placement, times out, and retries without end)."""
+def check_resources(cfg: ExperimentConfig, num_workers: int | None = None,
+                    workers_key: str = "scaling.num_workers") -> None:
+    """Fail fast when the cluster has fewer CPUs/GPUs than the workers ask for, or no node can hold one worker
+    (RAY_NOTES: otherwise Ray waits for the placement, times out, and retries without end).
+
+    Args:
+        cfg: the config; ``scaling`` gives the resources per worker.
+        num_workers: defaults to ``scaling.num_workers``; the retrain passes ``retrain.num_workers``.
+        workers_key: the config key ``num_workers`` came from, for the message.
+    """
     sc = cfg.scaling
+    n = sc.num_workers if num_workers is None else num_workers
     have = ray.cluster_resources()
-    need = {"CPU": sc.num_workers * sc.cpus_per_worker}
+    need = {"CPU": n * sc.cpus_per_worker}
     if sc.use_gpu:
-        need["GPU"] = sc.num_workers * sc.gpus_per_worker
+        need["GPU"] = n * sc.gpus_per_worker
     short = {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
-    if short:
+    biggest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)
+    if short or sc.cpus_per_worker > biggest + 1e-9:
         raise ResourceError(
-            f"the search needs {need} for scaling.num_workers={sc.num_workers} workers, but the Ray cluster has "
-            f"{ {k: have.get(k, 0.0) for k in need} }. Lower scaling.num_workers or scaling.cpus_per_worker"
-            + (", set scaling.use_gpu=false" if sc.use_gpu else "") + ", or add nodes."
+            f"the run needs {need} for {workers_key}={n} workers of scaling.cpus_per_worker="
+            f"{sc.cpus_per_worker:g} CPUs each (each worker on one node; the largest node has CPU={biggest:g}), "
+            f"but the Ray cluster has { {k: have.get(k, 0.0) for k in need} }. Lower {workers_key} or "
+            "scaling.cpus_per_worker" + (", set scaling.use_gpu=false" if sc.use_gpu else "") + ", or add nodes."
         )
 
 
@@ -154,6 +168,17 @@ def run_single_search(cfg: ExperimentConfig, storage_path: str | None = None, na
     from orchestrator.config import derive_name
 
     check_resources(cfg)
-    trainer = make_trainer(cfg, storage_path or cfg.storage_path, name or derive_name(cfg),
-                           stop_at_epoch=stop_at_epoch)
-    return trainer.fit()
+    storage_path, name = storage_path or cfg.storage_path, name or derive_name(cfg)
+    result = make_trainer(cfg, storage_path, name, stop_at_epoch=stop_at_epoch).fit()
+    check_diverged(run_dir(storage_path, name), (result.metrics or {}).get("epoch", 0))
+    return result
+
+
+def check_diverged(directory: str, checkpointed_epoch: int = 0) -> None:
+    """Raise DivergedError when the run's last recorded epoch, later than its last checkpoint, says the search
+    diverged (local run folders; on remote storage the worker's log carries the reason)."""
+    if not _is_local(directory):
+        return
+    epochs = read_epochs(directory)
+    if epochs and epochs[-1].get("diverged") and epochs[-1]["epoch"] > checkpointed_epoch:
+        raise DivergedError(f"the search in {directory} stopped: {epochs[-1].get('stop_reason')}")

@@ -16,6 +16,14 @@ matrices and loss sums all-reduced, so every rank reports the same metrics), a r
 rank, and (every ``runtime.checkpoint_every`` epochs, and at the last) a checkpoint written by rank 0 holding
 everything to continue bit-for-bit (`orchestrator.checkpointing`).
 
+Failures. A worker group that Ray restarts (a lost node, a killed worker) resumes from the newest checkpoint that
+passes its SHA-256 check; a corrupt latest one is skipped with a warning (`checkpointing.read_newest_valid`).
+Every epoch reports ``resumed_from_epoch`` (0 for a fresh start), so records show where each attempt began. A
+search whose losses (or alpha/beta) turn NaN or infinite has diverged: all ranks agree on it through an
+all-reduce, report the epoch once more with ``diverged: True``, a ``stop_reason`` and NaN validation metrics,
+write no checkpoint (the last healthy one stays the latest) and return normally. Raising instead would make Ray
+retry a deterministic failure ``runtime.max_failures`` times.
+
 Loop config (what `orchestrator.run_search.make_trainer` passes): ``{"config": <config dict>, "run_dir":
 <local folder for TensorBoard>, "stop_at_epoch": <int or None>}``. ``stop_at_epoch`` ends this run after that
 many finished epochs while the schedule still spans ``search.epochs``: a later run under the same name resumes
@@ -60,6 +68,9 @@ from search_space import SuperNet
 
 PREVIEW_IMAGES = 2
 """Validation images shown as overlays in TensorBoard each epoch."""
+
+DIVERGENCE_CHECK_STEPS = 50
+"""Steps between mid-epoch checks for non-finite losses (one tiny all-reduce each); the epoch end always checks."""
 
 EPOCHS_DIR = "epochs"
 """Rank 0's own per-epoch records, ``<run_dir>/epochs/epoch-<k>.json`` (Ray keeps metrics only with the
@@ -285,19 +296,40 @@ def checkpoint_state(net: SuperNet, weight_opt: torch.optim.Optimizer, arch_opt:
     }
 
 
-def load_resume_state(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any] | None:
-    """The state of ``ray.train.get_checkpoint()``, verified and checked against this config; None if none."""
+@dataclass
+class Resume:
+    """What a (re)started worker group begins from."""
+
+    state: dict[str, Any] | None  # None: a fresh search
+    taken: frozenset[str] = frozenset()  # checkpoint folder names not to report into (after a fallback)
+
+
+def load_resume_state(cfg: ExperimentConfig, num_classes: int, rank: int = 0) -> Resume:
+    """The newest verified state of this run (``ray.train.get_checkpoint()``, else an older checkpoint when that
+    one is corrupt), checked against this config."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        state = ckpt.read_checkpoint_dir(directory)
-        ckpt.check_compatible(state, search_space_of(cfg), num_classes, source=f"checkpoint {checkpoint.path}")
+        return Resume(None)
+    skipped: list[str] = []
+
+    def warn(message: str) -> None:
+        skipped.append(message)
+        if rank == 0:
+            warnings.warn(message, stacklevel=2)
+            say(f"WARNING: {message}")
+
+    state, used = ckpt.read_newest_valid(checkpoint, warn)
+    ckpt.check_compatible(state, search_space_of(cfg), num_classes, source=f"checkpoint {used.path}")
     if state["split_seed"] != cfg.data.split_seed:
         raise ckpt.CheckpointError(
-            f"checkpoint {checkpoint.path} was made with data.split_seed={state['split_seed']}, the config has "
+            f"checkpoint {used.path} was made with data.split_seed={state['split_seed']}, the config has "
             f"{cfg.data.split_seed}: resuming would change the trainA/trainB halves mid-search")
-    return state
+    if not skipped:
+        return Resume(state)
+    if rank == 0:
+        say(f"resuming from {used.path} (epoch {state['epoch']}) instead of {checkpoint.path}")
+    taken = {os.path.basename(c.path) for c in ckpt.sibling_checkpoints(used)} | {os.path.basename(used.path)}
+    return Resume(state, frozenset(taken))
 
 
 def resume_loader(loader: InfiniteLoader, state: dict[str, int]) -> None:
@@ -327,9 +359,11 @@ def restore(state: dict[str, Any], net: SuperNet, weight_opt: torch.optim.Optimi
     ckpt.set_rng_state(state["rng"][mine])
 
 
-def report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
+def report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int,
+           taken: frozenset[str] = frozenset()) -> None:
     """`ray.train.report` on every rank; rank 0 attaches the checkpoint when it has one, written to a temporary
-    folder that Ray persists as ``checkpoint_epoch<epoch>``. Also used by the retrain loop."""
+    folder that Ray persists as ``checkpoint_epoch<epoch>`` (suffixed when that name is in ``taken``, see
+    `checkpointing.checkpoint_dir_name`). Also used by the retrain loop."""
     if state is None:
         ray.train.report(metrics)
         return
@@ -337,7 +371,7 @@ def report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) ->
         meta = {key: state[key] for key in ("step", "genotype", "search_space") if key in state}
         ckpt.write_checkpoint_dir(directory, state, {"epoch": epoch, **meta, "val_miou": metrics.get("val_miou")})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
+                         checkpoint_dir_name=ckpt.checkpoint_dir_name(epoch, taken))
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -380,6 +414,41 @@ def epoch_metrics(net: SuperNet, epoch: int, step: int, sums: torch.Tensor, eval
     }
 
 
+def _nonfinite(values: torch.Tensor) -> bool:
+    """True on every rank when any rank's ``values`` hold a NaN or infinity. Collective."""
+    flag = torch.tensor([0.0 if bool(torch.isfinite(values).all()) else 1.0])
+    return bool(_all_reduce(flag, dist.ReduceOp.MAX)[0] > 0)
+
+
+def divergence(sums: torch.Tensor, arch_on: bool, net: SuperNet, epoch: int) -> str | None:
+    """Why the search has diverged in ``epoch`` (1-based), or None. ``sums`` are the all-reduced loss sums, the
+    same on every rank; alpha and beta are identical on every rank, so every rank returns the same answer."""
+    what = []
+    if not math.isfinite(float(sums[0])):
+        what.append(f"train_loss={float(sums[0]):g}")
+    if arch_on and not math.isfinite(float(sums[1])):
+        what.append(f"arch_loss={float(sums[1]):g}")
+    for name in ("alpha", "beta"):
+        if not bool(torch.isfinite(getattr(net, name).detach()).all()):
+            what.append(f"{name} has non-finite values")
+    if not what:
+        return None
+    return (f"diverged in epoch {epoch}: {', '.join(what)}. Lower search.lr or search.arch_lr, or set "
+            "search.grad_clip; the run's last checkpoint is from before this epoch")
+
+
+def diverged_metrics(cfg: ExperimentConfig, epoch: int, step: int, sums: torch.Tensor, steps: int, arch_on: bool,
+                     lrs: tuple[float, float], seconds: float, reason: str) -> dict[str, Any]:
+    """The final report of a diverged search: what is known, NaN validation metrics, the reason."""
+    nan = float("nan")
+    metrics = {"epoch": epoch, "step": step, "val_miou": nan, "val_loss": nan, "val_pixel_acc": nan,
+               "train_loss": float(sums[0]) / steps, "arch_loss": float(sums[1]) / steps if arch_on else nan,
+               "arch_updates": arch_on, "lr": lrs[0], "arch_lr": lrs[1], "epoch_seconds": seconds,
+               "train_seconds": seconds, "diverged": True, "stop_reason": reason}
+    metrics.setdefault(cfg.tune.metric, nan)  # Tune and ASHA expect the metric in every report
+    return metrics
+
+
 def say(message: str) -> None:
     """One progress line on stdout. Not print(): Train V2 patches print to both print and log, so every line
     reached the driver twice."""
@@ -398,7 +467,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before any collective: NCCL and all_gather_object use the current device
     data = build_data(cfg, rank, world)
-    state = load_resume_state(cfg, data.num_classes)
+    resume = load_resume_state(cfg, data.num_classes, rank)
+    state = resume.state
 
     net = build_model(cfg, data.num_classes)
     if cfg.runtime.channels_last:
@@ -432,7 +502,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         arch_on = epoch >= s.warmup_epochs
         start = (net.alpha.detach().cpu().clone(), net.beta.detach().cpu().clone())
         sums = torch.zeros(2, dtype=torch.float64, device=device)
-        for _ in range(steps):
+        for i in range(steps):
             lr = cosine_lr(step, total, s.lr, s.lr_min)
             for group in weight_opt.param_groups:
                 group["lr"] = lr
@@ -440,17 +510,25 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             if arch_on:
                 sums[1] += update(model, net, data.train_b.next(), arch_opt, criterion, cfg, device)
             step += 1
+            if (i + 1) % DIVERGENCE_CHECK_STEPS == 0 and i + 1 < steps and _nonfinite(sums):
+                break  # every rank breaks at the same step: the flag is all-reduced
         t1 = time.perf_counter()
+        sums = _all_reduce(sums.cpu()) / world
+        reason = divergence(sums, arch_on, net, epoch + 1)
+        if reason is not None:
+            stop(cfg, diverged_metrics(cfg, epoch + 1, step, sums, steps, arch_on,
+                                       (lr, arch_opt.param_groups[0]["lr"]), t1 - t0, reason),
+                 resume, rank, run_dir)
+            break
         sync_buffers(net)
         evaluation = evaluate(net, data.val, data.num_classes, data.ignore_index, cfg, device,
                               keep=PREVIEW_IMAGES if board is not None and cfg.runtime.log_images else 0)
         t2 = time.perf_counter()
-        sums = _all_reduce(sums.cpu()) / world
         timing = _all_reduce(torch.tensor([t1 - t0, t2 - t1]), dist.ReduceOp.MAX)
         images = steps * cfg.data.batch_size * world * (2 if arch_on else 1)
         metrics = epoch_metrics(net, epoch + 1, step, sums, evaluation, timing, images, arch_on, start, previous,
                                 (lr, arch_opt.param_groups[0]["lr"]), steps)
-        metrics["sync_error"] = sync_error(net)
+        metrics.update(sync_error=sync_error(net), resumed_from_epoch=start_epoch, diverged=False, stop_reason=None)
         previous = metrics["genotype"]
         last = epoch + 1 == end_epoch
         state_out = None
@@ -466,9 +544,19 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                 f"arch_loss={metrics['arch_loss']:.4f} val_loss={metrics['val_loss']:.4f} "
                 f"val_miou={metrics['val_miou']:.4f} path={metrics['path']} "
                 f"changed={metrics['genotype_changed']} {metrics['epoch_seconds']:.1f}s")
-        report(metrics, state_out, epoch + 1)
+        report(metrics, state_out, epoch + 1, resume.taken)
     if board is not None:
         board.close()
+
+
+def stop(cfg: ExperimentConfig, metrics: dict[str, Any], resume: Resume, rank: int, run_dir: str | None) -> None:
+    """Record and report a diverged epoch (no checkpoint: the last healthy one stays the run's latest)."""
+    metrics["resumed_from_epoch"] = resume.state["epoch"] if resume.state else 0
+    if rank == 0:
+        say(f"STOPPED: {metrics['stop_reason']}")
+        if run_dir:
+            write_json(os.path.join(run_dir, EPOCHS_DIR, f"epoch-{metrics['epoch']:04d}.json"), metrics)
+    report(metrics, None, metrics["epoch"])
 
 
 def log_epoch(board: Any, metrics: dict[str, Any], net: SuperNet, evaluation: dict[str, Any], data: SearchData,
