@@ -14,24 +14,37 @@ import ray
 from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
 from orchestrator.final import FinalActor
 from orchestrator.run_search import latest_checkpoint_dir
-from orchestrator.sweep import best_result, experiment_dir, run_sweep
+from orchestrator.sweep import best_result, experiment_dir, run_sweep, trial_id_of
 
 
 class SweepFailedError(RuntimeError):
-    """No trial of the sweep finished with a usable metric."""
+    """No trial of the sweep finished with a usable metric (all failed or diverged)."""
+
+
+def _status(result, cfg: ExperimentConfig) -> tuple[str, str | None]:
+    """A trial's status for the leaderboard, and why it stopped when it did not finish normally."""
+    m = result.metrics or {}
+    if result.error:
+        return "error", str(result.error).strip().splitlines()[0][:200] if str(result.error).strip() else None
+    if m.get("diverged"):
+        return "diverged", m.get("stop_reason")
+    return ("stopped early" if m.get("epoch", 0) < cfg.search.epochs else "done"), None
 
 
 def leaderboard(grid, cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """One row per trial, best first: hyperparameters, last metric, epochs, status."""
+    """One row per trial, best first: hyperparameters, last metric, epochs, status and the reason a trial failed
+    or diverged."""
     rows = []
     for r in grid:
         m = r.metrics or {}
+        status, reason = _status(r, cfg)
         rows.append({
-            "trial_id": m.get("trial_id") or (r.path.rstrip("/").rsplit("trial-", 1)[-1] if r.path else "?"),
+            "trial_id": trial_id_of(r) or "?",
             "config": dict(r.config or {}),
             cfg.tune.metric: m.get(cfg.tune.metric),
             "epochs": m.get("epoch", 0),
-            "status": "error" if r.error else ("stopped early" if m.get("epoch", 0) < cfg.search.epochs else "done"),
+            "status": status,
+            "stop_reason": reason,
             "path": m.get("path"),
         })
     sign = -1 if cfg.tune.mode == "max" else 1
@@ -50,6 +63,8 @@ def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
         value = f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else "-"
         hp = " ".join(f"{k}={v}" for k, v in sorted(row["config"].items()))
         print(f"{row['trial_id']:<14} {value:>9} {row['epochs']:>6} {row['status']:<14} {str(row['path']):<28} {hp}")
+        if row["stop_reason"]:
+            print(f"{'':<14} {row['status']}: {row['stop_reason']}")
 
 
 def _checkpoint_of(result, exp_dir: str) -> str:
@@ -73,9 +88,12 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
     print_leaderboard(rows, cfg.tune.metric)
     best = best_result(grid, cfg.tune.metric, cfg.tune.mode)
     if best is None:
-        errors = [f"{row['trial_id']}: {row['status']}" for row in rows]
-        raise SweepFailedError(f"no trial of the sweep reported a finite {cfg.tune.metric} ({'; '.join(errors)}); "
-                               f"see the trials' error.txt files under {experiment_dir(storage_path, name)}")
+        errors = [f"{row['trial_id']}: {row['status']}" + (f" ({row['stop_reason']})" if row["stop_reason"] else "")
+                  for row in rows]
+        raise SweepFailedError(
+            f"no trial of the sweep {experiment_dir(storage_path, name)} reported a finite {cfg.tune.metric}, so "
+            f"there is no architecture to retrain. Trials: {'; '.join(errors) or 'none'}. Failed trials keep an "
+            "error.txt in their trial-<id> folder; diverged ones need a smaller search.lr or search.arch_lr.")
     exp_dir = str(grid.experiment_path)
     facts = {
         "trial_id": best.metrics.get("trial_id"),

@@ -6,10 +6,19 @@ fits a `TorchTrainer` running the per-worker search loop; metrics reach Tune thr
 The trial's Train run is named ``train-<trial_id>`` so a restored sweep resumes each trial's own checkpoints.
 This module knows nothing about the model: it maps config keys to Tune samplers, budgets resources, records
 every reported epoch (`orchestrator.records`) and prints progress.
+
+Resume. ``sweep.json`` and ``config.yaml`` in the experiment folder say what the sweep is. Running a sweep whose
+folder exists needs ``resume=True``; resuming with a config whose hash differs is refused, naming the keys that
+differ, so a resumed sweep is the sweep that was started. `Tuner.restore` keeps finished trials and restarts the
+unfinished ones, whose Train runs continue from their checkpoints. Epochs that a killed driver never recorded
+are filled in from the trials' own ``epochs/`` files (`backfill_records`), so the records have no gaps.
+A trial whose search diverged ends normally with ``diverged: True`` and a ``stop_reason`` in its last result;
+`best_result` never picks it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -23,9 +32,24 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestrator.atomic import write_json
-from orchestrator.config import ExperimentConfig, config_from_dict, config_hash, config_to_dict, with_overrides
-from orchestrator.records import write_record
-from orchestrator.run_search import ResourceError, make_trainer
+from orchestrator.checkpointing import MANIFEST_FILE
+from orchestrator.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    load_config,
+    save_config,
+    with_overrides,
+)
+from orchestrator.records import RECORDS_DIR, write_record
+from orchestrator.run_search import ResourceError, latest_checkpoint_dir, make_trainer, read_epochs
+
+
+class SweepError(ValueError):
+    """A sweep that cannot be started or resumed as asked (it exists already, or was started with another
+    config); the message names the folder and what to do."""
 
 EPOCH_ATTR = "epoch"
 """ASHA's time attribute: the search loop's finished-epoch count (training_iteration restarts on restore)."""
@@ -89,9 +113,37 @@ def search_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str
     """One trial: the base config with this trial's sampled keys, searched by a TorchTrainer."""
     trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(config_from_dict(base, "sweep base config"), dict(config), f"trial {trial_id}")
-    trainer = make_trainer(cfg, storage_path=storage_path, name=f"train-{trial_id}",
-                           callbacks=[TuneReportCallback()])
+    name = f"train-{trial_id}"
+    ended = ended_run(os.path.join(storage_path, name), cfg.search.epochs)
+    if ended is not None:
+        # Tune saves its state every ~10 s: a driver killed in between restarts a trial that had ended.
+        print(f"[{trial_id}] its search had ended at epoch {ended[EPOCH_ATTR]}; reporting that epoch again instead "
+              "of running it again", flush=True)
+        tune.report(ended)
+        return
+    trainer = make_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()])
     trainer.fit()
+
+
+def ended_run(directory: str, epochs: int) -> dict[str, Any] | None:
+    """The last report of a local Train run that already ended (all ``epochs`` done and checkpointed, or
+    diverged), with its checkpoint's path as Tune's callback adds it; None when the run must (still) be fit."""
+    if "://" in directory or not os.path.isdir(directory):
+        return None
+    done = read_epochs(directory)
+    if not done:
+        return None
+    last = done[-1]
+    if last.get("diverged"):
+        return last
+    latest = latest_checkpoint_dir(directory)
+    if last[EPOCH_ATTR] < epochs or latest is None:
+        return None
+    try:
+        manifest = json.loads((latest / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {**last, "checkpoint_path": str(latest)} if manifest.get("epoch") == last[EPOCH_ATTR] else None
 
 
 class EpochReporter(tune.Callback):
@@ -106,6 +158,9 @@ class EpochReporter(tune.Callback):
             return
         write_record(self.experiment_dir, trial.trial_id, dict(trial.config), result)
         hp = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.config.items()))
+        if result.get("diverged"):
+            print(f"[{trial.trial_id}] STOPPED: {result.get('stop_reason')} {hp}".rstrip(), flush=True)
+            return
         print(f"[{trial.trial_id}] epoch {result[EPOCH_ATTR]}/{self.epochs} "
               f"val_miou={_fmt(result.get('val_miou'))} val_loss={_fmt(result.get('val_loss'))} "
               f"path={result.get('path', '')} {hp}".rstrip(), flush=True)
@@ -148,9 +203,62 @@ SWEEP_FILE = "sweep.json"
 """The sweep's own description and status (running / finished), beside Tune's files."""
 
 
+SWEEP_CONFIG = "config.yaml"
+"""The resolved config the sweep was started with (what ``--resume`` must match)."""
+
+
+def check_sweep_state(cfg: ExperimentConfig, path: str, resume: bool) -> bool:
+    """Whether a sweep exists at ``path`` to be resumed; refuses a rerun without ``resume`` and a resume with
+    another config (SweepError). Local storage only: on remote storage Tune's state decides."""
+    if "://" in path:
+        return resume
+    state = Path(path, SWEEP_FILE)
+    if not state.is_file():
+        if resume:
+            print(f"--resume: no sweep at {path} yet; starting a new one", flush=True)
+        return False
+    if not resume:
+        raise SweepError(
+            f"a sweep already exists in {path} ({state.name} says "
+            f"'{_read_json(state).get('status', 'unknown')}'); pass --resume to continue it with the same config, "
+            "or --name (or name=...) to start another sweep beside it"
+        )
+    saved = _read_json(state).get("config_hash")
+    if saved != config_hash(cfg):
+        raise SweepError(
+            f"{state}: the sweep was started with config hash {saved}, this config has {config_hash(cfg)}"
+            f"{_differences(cfg, Path(path, SWEEP_CONFIG))}. A resumed sweep must run the config it started with: "
+            "pass the same config file and overrides, or use --name for a new sweep"
+        )
+    return True
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SweepError(f"{path}: cannot read the sweep's state ({err}); move the folder away or use --name") \
+            from None
+
+
+def _differences(cfg: ExperimentConfig, saved_path: Path) -> str:
+    """``; differing keys: a.b (was x, now y), ...`` against the saved config, or '' when it is unreadable."""
+    try:
+        saved = config_to_dict(load_config(saved_path))
+    except ConfigError:
+        return ""
+    now, diffs = config_to_dict(cfg), []
+    for section, body in saved.items():
+        if isinstance(body, dict):
+            diffs += [f"{section}.{k} (was {v!r}, now {now[section].get(k)!r})"
+                      for k, v in body.items() if now[section].get(k) != v]
+    return f"; differing keys: {', '.join(diffs)}" if diffs else ""
+
+
 def write_sweep_file(cfg: ExperimentConfig, path: str, concurrency: int, status: str) -> None:
     if "://" in path:
         return  # Tune's own state files describe a sweep on remote storage
+    save_config(cfg, os.path.join(path, SWEEP_CONFIG))
     write_json(os.path.join(path, SWEEP_FILE), {
         "status": status, "updated": time.time(), "config_hash": config_hash(cfg),
         "metric": cfg.tune.metric, "mode": cfg.tune.mode, "epochs": cfg.search.epochs,
@@ -167,8 +275,11 @@ def run_sweep(cfg: ExperimentConfig, storage_path: str, name: str, resume: bool 
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
     concurrency = check_resources(cfg, ray.cluster_resources(), nodes)
     path = experiment_dir(storage_path, name)
+    resume = check_sweep_state(cfg, path, resume)
     write_sweep_file(cfg, path, concurrency, "running")
     grid = _fit(cfg, storage_path, name, path, concurrency, resume)
+    if "://" not in path:
+        backfill_records(path, grid)
     write_sweep_file(cfg, path, concurrency, "finished")
     return grid
 
@@ -176,19 +287,51 @@ def run_sweep(cfg: ExperimentConfig, storage_path: str, name: str, resume: bool 
 def _fit(cfg: ExperimentConfig, storage_path: str, name: str, path: str, concurrency: int,
          resume: bool) -> tune.ResultGrid:
     if resume and tune.Tuner.can_restore(path):
+        print(f"resuming the sweep in {path}: finished trials are kept, unfinished ones continue from their "
+              "checkpoints", flush=True)
         trainable = tune.with_resources(
             tune.with_parameters(search_trial, base=config_to_dict(cfg), storage_path=path),
             {"CPU": cfg.tune.trial_cpus},
         )
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
+        if resume:
+            print(f"--resume: {path} holds no Tune state to restore; starting the sweep's trials afresh", flush=True)
         tuner = make_tuner(cfg, storage_path, name, concurrency)
     return tuner.fit()
 
 
+def trial_id_of(result) -> str | None:
+    """A result's trial id: its last report's, else from its ``trial-<id>`` folder name."""
+    trial_id = (result.metrics or {}).get("trial_id")
+    if not trial_id and result.path:
+        trial_id = os.path.basename(result.path.rstrip("/")).removeprefix("trial-")
+    return trial_id or None
+
+
+def backfill_records(path: str, grid: tune.ResultGrid) -> list[tuple[str, int]]:
+    """Write the records missing for epochs a trial reached (a driver killed between a trial's report and its
+    record leaves such a gap) from the trial's own ``train-<id>/epochs/`` files; returns what was added."""
+    added = []
+    for result in grid:
+        trial_id = trial_id_of(result)
+        if trial_id is None:
+            continue
+        have = {int(p.stem.split("-")[1]) for p in Path(path, RECORDS_DIR, trial_id).glob("epoch-*.parquet")}
+        reached = max([(result.metrics or {}).get(EPOCH_ATTR, 0), *have])
+        for metrics in read_epochs(Path(path, f"train-{trial_id}")):
+            if metrics["epoch"] <= reached and metrics["epoch"] not in have:
+                write_record(path, trial_id, dict(result.config or {}), metrics)
+                added.append((trial_id, metrics["epoch"]))
+    if added:
+        print(f"records: filled in {len(added)} epochs the interrupted driver had not recorded: {added}", flush=True)
+    return added
+
+
 def best_result(grid: tune.ResultGrid, metric: str, mode: str):
     """The best trial that did not fail and reported ``metric`` (its last report), or None."""
-    ok = [r for r in grid if r.error is None and r.metrics and _finite(r.metrics.get(metric))]
+    ok = [r for r in grid if r.error is None and r.metrics and not r.metrics.get("diverged")
+          and _finite(r.metrics.get(metric))]
     if not ok:
         return None
     sign = 1 if mode == "max" else -1
