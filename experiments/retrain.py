@@ -8,12 +8,17 @@ The config's ``retrain`` section sets epochs, crop, batch, learning rate and wor
 ``--arch`` sets ``retrain.filter_multiplier`` to the variant's F (S 20, M 32, L 48). The run goes to
 ``<storage-path>/<name>``; the default name is derived from the genotype and the config, so running the same
 command again resumes it.
+
+Bad input fails before any worker starts, with ``error: ...`` and exit status 2: an unreadable or illegal
+genotype, a config error, a dataset too small for ``retrain.batch_size`` x ``retrain.num_workers``, workers the
+cluster cannot hold, or a run folder (``--name``) whose checkpoint retrains another genotype.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -36,6 +41,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_resumable(directory: str, genotype: Genotype) -> None:
+    """Refuse a run folder whose latest checkpoint retrains another genotype (reusing --name would resume it)."""
+    from orchestrator.checkpointing import MANIFEST_FILE, CheckpointError
+    from orchestrator.run_search import latest_checkpoint_dir
+
+    latest = latest_checkpoint_dir(directory) if "://" not in directory else None
+    if latest is None:
+        return
+    try:
+        saved = json.loads((latest / MANIFEST_FILE).read_text(encoding="utf-8")).get("genotype")
+    except (OSError, ValueError):
+        return  # unreadable: the workers' verification reports it
+    if saved != genotype.to_dict():
+        raise CheckpointError(
+            f"run folder {directory} holds a checkpoint ({latest.name}) that is not a retrain of this genotype "
+            f"(its {MANIFEST_FILE} has genotype {json.dumps(saved)}); this run would resume it. Use another "
+            "--name, or the genotype the run was started with."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with user_errors():
@@ -48,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             label = hashlib.sha256(genotype.to_json(indent=None).encode()).hexdigest()[:8]
         name = args.name or f"retrain-{label}-{config_hash(cfg)}"
         storage = args.storage_path or cfg.storage_path
+        from orchestrator.preflight import check_retrain_data
         from orchestrator.retrain import run_retrain
+        from orchestrator.run_search import check_resources, run_dir
 
+        check_retrain_data(cfg)
+        check_resumable(run_dir(storage, name), genotype)
         connect_ray(args.address)
+        check_resources(cfg, cfg.retrain.num_workers, "retrain.num_workers")
         print(f"retraining {genotype} with F={cfg.retrain.filter_multiplier} for {cfg.retrain.epochs} epochs",
               flush=True)
         result = run_retrain(cfg, genotype, storage, name)

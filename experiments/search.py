@@ -71,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors():
         cfg = load_config(args.config, args.overrides)
         storage, name = args.storage_path or cfg.storage_path, args.name or derive_name(cfg, args.config)
-        from orchestrator.preflight import check_data
+        from orchestrator.preflight import check_data, check_retrain_data
 
         check_data(cfg)
+        if not args.no_tune and not args.no_retrain:
+            check_retrain_data(cfg)
         connect_ray(args.address)
         if args.no_tune:
             single_search(cfg, storage, name, args.stop_at_epoch)

@@ -1,8 +1,9 @@
 """What every entry point in experiments/ shares: connecting to Ray and turning user errors into a clear
 one-paragraph message and exit status 2, without a traceback.
 
-User errors are the project's own error types (config, data, genotype, checkpoint, resources); anything else
-is a bug and keeps its traceback.
+User errors are the project's own error types (config, data, genotype, checkpoint, resources, a sweep that
+cannot be resumed as asked, a search that diverged, a sweep with no usable trial), also when Ray Train raised
+one in a worker and handed it back wrapped in its own error; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -35,10 +36,28 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from orchestrator.checkpointing import CheckpointError
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
-    from orchestrator.run_search import ResourceError
+    from orchestrator.experiment import SweepFailedError
+    from orchestrator.run_search import DivergedError, ResourceError
+    from orchestrator.sweep import SweepError
     from search_space.genotypes import GenotypeError
 
-    return (ConfigError, DataError, CheckpointError, ResourceError, GenotypeError)
+    return (ConfigError, DataError, CheckpointError, ResourceError, GenotypeError, SweepError, SweepFailedError,
+            DivergedError)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """``err`` when it is a user error; else the user error a Ray Train failure carries (a worker's, or the
+    controller's), unwrapped from Ray's task-error wrapper so its message has no remote traceback; else None."""
+    types = _user_error_types()
+    candidates = [err, *(getattr(err, "worker_failures", None) or {}).values(),
+                  getattr(err, "controller_failure", None), err.__cause__]
+    for candidate in candidates:
+        # Ray's task-error wrapper is an instance of the original class too, but its text holds the remote
+        # traceback; the original exception is its ``cause``.
+        for e in (getattr(candidate, "cause", None), candidate):
+            if isinstance(e, types):
+                return e
+    return None
 
 
 @contextlib.contextmanager
@@ -46,7 +65,12 @@ def user_errors():
     """Print a user error as ``error: <message>`` on stderr and exit with status 2."""
     try:
         yield
-    except _user_error_types() as err:
-        message = textwrap.fill(str(err), width=110, subsequent_indent="  ")
+    except Exception as caught:
+        err = user_error(caught)
+        if err is None:
+            raise
+        # Never break inside a word: paths and keys in the message must stay copyable.
+        message = textwrap.fill(str(err), width=110, subsequent_indent="  ", break_on_hyphens=False,
+                                break_long_words=False)
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT) from None

@@ -20,3 +20,14 @@ def check_data(cfg: ExperimentConfig) -> None:
         raise DataError(f"data: the training split has {len(train)} images, so trainA/trainB hold about {half}, fewer "
                         f"than data.batch_size ({d.batch_size}) x scaling.num_workers ({cfg.scaling.num_workers}) "
                         f"= {need}: no full batch per worker")
+
+
+def check_retrain_data(cfg: ExperimentConfig) -> None:
+    """Open both splits at the retrain crop and check one full batch per retrain worker (the retrain drops the
+    last partial batch), so a sweep does not end in a traceback from the final step hours later."""
+    d, r = cfg.data, cfg.retrain
+    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=r.crop_size, **d.options)
+    load_dataset(d.dataset, d.root, "val", train=False, crop_size=r.crop_size, **d.val_options)
+    if len(train) < r.batch_size * r.num_workers:
+        raise DataError(f"data: the training split has {len(train)} images, fewer than retrain.batch_size "
+                        f"({r.batch_size}) x retrain.num_workers ({r.num_workers}): no full batch per worker")
