@@ -1,6 +1,7 @@
-"""Pictures of a decoded architecture: the network path over the L x 4 trellis and the cell's DAG.
+"""Pictures of a decoded architecture: the network path over the L x 4 trellis, several paths on one trellis
+(the best trials of a sweep), and the cell's DAG.
 
-Both return matplotlib figures (Agg backend, no display needed); `orchestrator.atomic.save_figure` writes them.
+Each returns a matplotlib figure (Agg backend, no display needed); `orchestrator.atomic.save_figure` writes them.
 """
 
 from __future__ import annotations
@@ -64,4 +65,29 @@ def cell_figure(genotype: Genotype, title: str = "decoded cell"):
     ax.set_ylim(-2.2, 2.2)
     ax.axis("off")
     ax.set_title(title)
+    return fig
+
+
+def paths_figure(paths: list[tuple[str, Genotype]], title: str = "decoded paths"):
+    """Several decoded paths on one trellis (e.g. the best trials of a sweep), each in its colour, slightly
+    offset so shared segments stay visible; the labels go to the legend."""
+    layers = max(g.layers for _, g in paths)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * layers + 1.5), 3.0 + 0.25 * len(paths)))
+    for layer in range(layers + 1):
+        for level in reachable_levels(layer):
+            ax.plot(layer, level, "o", color="0.8", markersize=6, zorder=1)
+    colors = plt.get_cmap("tab10")
+    for i, (label, genotype) in enumerate(paths):
+        offset = 0.08 * (i - (len(paths) - 1) / 2)
+        ys = [level + offset for level in (0, *genotype.path)]
+        ax.plot(range(genotype.layers + 1), ys, "-o", color=colors(i % 10), linewidth=2, markersize=5,
+                label=label, zorder=2 + i)
+    ax.set_xticks(range(layers + 1), ["stem", *[str(i) for i in range(1, layers + 1)]])
+    ax.set_yticks(range(len(RATES)), [f"1/{r}" for r in RATES])
+    ax.invert_yaxis()
+    ax.set_xlabel("layer")
+    ax.set_ylabel("downsample rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
     return fig

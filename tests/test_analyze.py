@@ -1,0 +1,207 @@
+"""`python -m orchestrator.analyze` on the real smoke experiment of the session (`smoke_experiment`: a sweep
+submitted with ``ray job submit`` to the test cluster), and on copies of it put in the other states a user meets:
+running (sweep.json ``running``, fresh ``updated``), interrupted (stale, a record lost). No Ray is needed here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import analyze
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.analyze", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+def copy_experiment(src: Path, dest: Path, status: str | None = None, updated: float | None = None) -> Path:
+    """A copy of a real experiment (checkpoints left out), optionally with sweep.json edited and final/ removed."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("checkpoint_*", "analysis", "tensorboard"))
+    if status is not None:
+        sweep = json.loads((dest / "sweep.json").read_text())
+        sweep.update(status=status, updated=updated)
+        (dest / "sweep.json").write_text(json.dumps(sweep))
+        shutil.rmtree(dest / "final", ignore_errors=True)
+    return dest
+
+
+def tfevents(path: Path):
+    """Summary values of a TensorBoard event file (TFRecord framing: length, crc, payload, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[i + 12:i + 12 + n])
+        i += n + 16
+        yield from event.summary.value
+
+
+# ------------------------------------------------------------------------------------- no cluster needed
+
+
+def test_not_an_experiment_folder_exits_2_without_traceback(tmp_path, capsys):
+    assert analyze.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path} is not an experiment folder (no sweep.json, "
+                                               "experiment_state-*.json or records.parquet)")
+
+
+def test_experiment_without_records_says_so(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text(json.dumps({"status": "running", "updated": time.time(), "epochs": 4}))
+    assert analyze.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "state: running" in out and "no epoch records yet" in out
+    assert (tmp_path / "analysis" / "leaderboard.csv").is_file()
+
+
+def test_format_table_aligns_columns():
+    text = analyze.format_table(["trial", "score"], [["a", "0.5"], ["long-name", "0.25"]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1 and lines[1].endswith(" 0.5")
+
+
+# ------------------------------------------------------------------------------------- the real experiment
+
+
+
+def on_cluster(test):
+    """Marks a test that uses the session's smoke experiment (and so the test cluster)."""
+    return pytest.mark.slow(pytest.mark.cluster(test))
+
+
+@pytest.fixture(scope="module")
+def experiment(smoke_experiment, tmp_path_factory) -> Path:
+    """A copy of the session's finished smoke experiment (so analysis outputs stay out of the shared one)."""
+    proc, exp = smoke_experiment
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return copy_experiment(exp, tmp_path_factory.mktemp("analyze") / "finished")
+
+
+@pytest.fixture(scope="module")
+def cli(experiment, tmp_path_factory):
+    """One CLI run: the finished experiment compared with a running copy of it."""
+    running = copy_experiment(experiment, experiment.parent / "running", status="running", updated=time.time())
+    out = tmp_path_factory.mktemp("analysis-out")
+    proc = run_cli(str(experiment), "--compare", str(running), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc, out
+
+
+@on_cluster
+def test_results_table_has_one_row_per_trial_epoch(experiment, cli):
+    _, out = cli
+    table = pd.read_parquet(out / "results.parquet")
+    reports = [json.loads(line) for f in experiment.glob("trial-*/result.json") for line in f.read_text().splitlines()]
+    epochs = {(r["trial_id"], r["epoch"]) for r in reports if "epoch" in r}  # what Tune received, by its own log
+    assert len(table) == len(epochs) and set(zip(table["trial_id"], table["epoch"], strict=True)) == epochs
+    assert not table.duplicated(["trial_id", "epoch"]).any()
+    assert (table["source"] == "records").all()
+    schema = pq.read_schema(out / "results.parquet")
+    assert str(schema.field("alpha").type) == "list<element: list<element: double>>"
+    assert any(name.startswith("config/") for name in schema.names)
+    assert {"val_miou", "genotype", "beta", "trial_status"} <= set(schema.names)
+
+
+@on_cluster
+def test_plots_exist_and_are_valid_pngs(cli):
+    import matplotlib.image
+
+    _, out = cli
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    best = rows[0]["trial_id"]
+    names = ["curves.png", "hparams.png", "paths.png", f"alpha-{best}.png", f"beta-{best}.png"]
+    for name in names:
+        assert (out / name).read_bytes()[:8] == PNG, name
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100, name
+
+
+@on_cluster
+def test_leaderboard_ranks_by_the_metric(experiment, cli):
+    proc, out = cli
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    sweep = json.loads((experiment / "sweep.json").read_text())
+    finals = [float(r[f"final_{sweep['metric']}"]) for r in rows]
+    assert finals == sorted(finals, reverse=sweep["mode"] == "max")
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) == len(list(experiment.glob("trial-*")))
+    summary = json.loads((experiment / "final" / "summary.json").read_text())
+    assert finals[0] == pytest.approx(summary["search"]["value"])  # the sweep's best trial scores the top score
+    printed = [line.split()[1] for line in proc.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert printed[:2] == [r["trial_id"] for r in rows[:2]]
+    assert "final retrain of trial" in proc.stdout and "val_miou=" in proc.stdout
+
+
+@on_cluster
+def test_states_finished_running_and_compare(cli):
+    proc, out = cli
+    first, second = proc.stdout.split("=" * 100)
+    assert "state: finished (sweep.json says finished; final/summary.json" in first
+    assert "state: running (sweep.json says running; last activity" in second
+    assert "final retrain: none yet" in second
+    assert "same genotype" in second and (out / "compare.csv").is_file()
+    assert (out / "compare-running" / "leaderboard.csv").is_file()
+
+
+@on_cluster
+def test_interrupted_copy_is_detected_and_loses_no_epoch(experiment, tmp_path):
+    exp = copy_experiment(experiment, tmp_path / "interrupted", status="running", updated=time.time() - 86400)
+    lost = sorted((exp / "records").glob("*/epoch-*.parquet"))[-1]  # the driver died before recording it
+    lost.unlink()
+    key = (lost.parent.name, int(lost.stem.split("-")[1]))
+    later = time.time() + analyze.STALE_FLOOR_S + 60
+    result = analyze.analyze(exp, tmp_path / "out", now=later, hparams_view=False)
+    assert result.experiment.state == "interrupted" and "--resume" in result.experiment.state_reason
+    frame = result.experiment.frame.set_index(["trial_id", "epoch"])
+    assert len(frame) == len(list(experiment.glob("records/*/epoch-*.parquet"))) and frame.index.is_unique
+    assert frame.loc[key, "source"] == "tune-result-json"  # Tune's own log of the report
+    (exp / f"trial-{key[0]}" / "result.json").unlink()  # ... or, without it, rank 0's epoch file
+    assert analyze.load_experiment(exp, now=later).frame.set_index(["trial_id", "epoch"]).loc[key, "source"] \
+        == "epochs-json"
+    assert {r["status"] for r in result.rows} <= {"done", "stopped early", "interrupted"}
+
+    other = next(r["trial_id"] for r in result.rows if r["trial_id"] != key[0])  # killed before its first epoch:
+    shutil.rmtree(exp / "records" / other)  # Tune knows it, nothing else does
+    shutil.rmtree(exp / f"train-{other}" / "epochs")
+    (exp / f"trial-{other}" / "result.json").unlink()
+    rows = analyze.rank_trials(analyze.load_experiment(exp, now=later))
+    assert rows[-1]["trial_id"] == other and rows[-1]["epochs"] == 0 and rows[-1]["final"] is None
+    assert rows[-1]["status"] == "not started" and rows[-1]["config"]
+
+
+@on_cluster
+def test_hparams_view_lists_each_trial_against_its_final_metrics(experiment, cli):
+    _, out = cli
+    from tensorboardX.proto import plugin_hparams_pb2
+
+    rows = {r["trial_id"]: r for r in csv.DictReader((out / "leaderboard.csv").open())}
+    logdir = experiment / "tensorboard" / "hparams"
+    assert sorted(p.name for p in logdir.iterdir()) == sorted(rows)
+    for trial_id, row in rows.items():
+        values = [v for f in (logdir / trial_id).glob("events.out.tfevents.*") for v in tfevents(f)]
+        start = next(v for v in values if v.tag == "_hparams_/session_start_info")
+        data = plugin_hparams_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content)
+        hparams = data.session_start_info.hparams
+        assert hparams["trial"].string_value == trial_id
+        assert {k[len("config/"):] for k in row if k.startswith("config/")} <= set(hparams)
+        final = next(v.simple_value for v in values if v.tag == "final/val_miou")
+        assert final == pytest.approx(float(row["final_val_miou"]), rel=1e-5)
+    tune_tags = {v.tag for f in experiment.glob("trial-*/events.out.tfevents.*") for v in tfevents(f)}
+    assert "_hparams_/session_start_info" in tune_tags  # Tune's own view: last reported metrics of ended trials
