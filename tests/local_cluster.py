@@ -4,7 +4,9 @@ Each node gets its own temp dir (RAY_NOTES.md: a shared one lets one node's runt
 other's job folder). Every process is found through its temp dir on its command line (plus descendants) and
 ended by pid: ``ray stop`` would end every Ray on the machine, including ones this test did not start.
 Auth is disabled through the environment, so nothing is written to ``~/.ray``; the dashboard and job server
-listen on 127.0.0.1.
+listen on 127.0.0.1. Every node's dashboard agent gets a free port: Ray's default (52365) is taken by whichever
+cluster on the machine started first, and a head without its agent refuses every ``ray job submit`` ("No
+available agent to submit job").
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class LocalCluster:
         self.node_dirs.append(head)
         self._ray("start", "--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
                   "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
-                  f"--temp-dir={head}", "--disable-usage-stats")
+                  f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={head}", "--disable-usage-stats")
         for i in range(self.workers):
             self.add_node(f"node{i}")
         return self
@@ -115,7 +117,7 @@ class LocalCluster:
         directory = self.root / label
         self.node_dirs.append(directory)
         self._ray("start", f"--address={self.gcs_address}", f"--num-cpus={self.cpus}", "--num-gpus=0",
-                  f"--temp-dir={directory}", "--disable-usage-stats")
+                  f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={directory}", "--disable-usage-stats")
         return directory
 
     def node_pids(self, label: str) -> set[int]:
@@ -125,3 +127,21 @@ class LocalCluster:
         """End every process this cluster started (by pid), workers first, then the head."""
         for directory in reversed(self.node_dirs):
             kill_pids(pids_of(str(directory)))
+
+
+def raylet_hosting(marker: str, root: Path) -> tuple[str, int] | None:
+    """(node label, raylet pid) of the node whose raylet runs a process whose command line starts with ``marker``
+    (e.g. ``ray::RayTrainWorker``); the raylet is found by walking up the process's parents, and the label is
+    its temp dir's folder under ``root``. None if no such process runs."""
+    procs = _processes()
+    for pid, (_, cmd) in procs.items():
+        if not cmd.startswith(marker):
+            continue
+        parent = procs.get(pid, (0, ""))[0]
+        while parent in procs:
+            pcmd = procs[parent][1]
+            if "raylet/raylet" in pcmd and str(root) in pcmd:
+                label = pcmd.split(str(root) + "/", 1)[1].split("/", 1)[0]
+                return label, parent
+            parent = procs[parent][0]
+    return None
