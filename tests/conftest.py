@@ -85,3 +85,20 @@ def tiny_settings() -> dict:
 def tiny_config(tiny_settings, tmp_path) -> ExperimentConfig:
     """The tiny search (3 epochs, warmup 1, 2 CPU workers) storing its runs under this test's tmp_path."""
     return config_from_dict({**tiny_settings, "storage_path": str(tmp_path / "results")}, source="tiny_config")
+
+
+FOUR_EPOCHS = ["search.epochs=4", "search.warmup_epochs=1"]
+"""The tiny search stretched to 4 epochs (warmup 1): what the resume and fault tests compare against."""
+
+
+@pytest.fixture(scope="session")
+def straight_search(ray_session, tiny_settings, tmp_path_factory):
+    """The tiny 4-epoch search run once, uninterrupted (``run_single_search``); returns its run folder. Shared by
+    the resume test and the fault tests, whose interrupted runs must end with the same alpha, beta and weights."""
+    from orchestrator.config import with_overrides
+    from orchestrator.run_search import run_single_search
+
+    storage = tmp_path_factory.mktemp("straight")
+    cfg = with_overrides(config_from_dict(tiny_settings), FOUR_EPOCHS)
+    assert run_single_search(cfg, str(storage), "straight").metrics["epoch"] == 4
+    return storage / "straight"

@@ -168,13 +168,9 @@ FOUR = ["search.epochs=4", "search.warmup_epochs=1"]
 
 
 @pytest.fixture(scope="module")
-def straight(ray_session, tiny_settings, storage: Path) -> Path:
-    """4 epochs (warmup 1) on 2 CPU workers in one go; returns the run folder."""
-    from orchestrator.run_search import run_single_search
-
-    cfg = with_overrides(config_from_dict(tiny_settings), FOUR)
-    assert run_single_search(cfg, str(storage), "straight").metrics["epoch"] == 4
-    return storage / "straight"
+def straight(straight_search: Path) -> Path:
+    """4 epochs (warmup 1) on 2 CPU workers in one go (the session's `straight_search`); the run folder."""
+    return straight_search
 
 
 @pytest.fixture(scope="module")
