@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -306,14 +307,16 @@ def _retrain_note(exp: Experiment) -> str:
 # ---------------------------------------------------------------------------------------------------- leaderboard
 
 
-def trial_status(exp: Experiment, trial_id: str, epochs: int, max_epochs: int | None) -> str:
-    """done, error, stopped early (by the scheduler), running, interrupted, pending or not started.
+def trial_status(exp: Experiment, trial_id: str, epochs: int, max_epochs: int | None, diverged: bool = False) -> str:
+    """diverged, done, error, stopped early (by the scheduler), running, interrupted, pending or not started.
 
     A trial failed when Tune's state says ERROR or, unless the sweep is running (and may be retrying it), when
     Tune left its ``error.txt``: Tune's state file can be older than the failure.
     """
     tune = exp.tune_trials.get(trial_id)
     failed = (exp.path / f"trial-{trial_id}" / "error.txt").is_file() and exp.state != "running"
+    if diverged:
+        return "diverged"
     if max_epochs is not None and epochs >= max_epochs:
         return "done"
     if failed or (tune is not None and tune.status == "ERROR"):
@@ -357,7 +360,8 @@ def trial_row(exp: Experiment, trial_id: str, max_epochs: int | None) -> dict[st
     final = values.iloc[-1] if len(values) and _finite(values.iloc[-1]) else None
     epochs = int(group["epoch"].max()) if len(group) else 0
     path = list(last["path"]) if last is not None and isinstance(last.get("path"), list) else None
-    status = trial_status(exp, trial_id, epochs, max_epochs)
+    diverged = last is not None and isinstance(last.get("diverged"), (bool, np.bool_)) and bool(last["diverged"])
+    status = trial_status(exp, trial_id, epochs, max_epochs, diverged)
     return {
         "trial_id": trial_id, "config": _config_of(group, exp.tune_trials.get(trial_id)),
         "best": best, "best_epoch": int(group.loc[index, "epoch"]) if index is not None else None,
@@ -365,7 +369,21 @@ def trial_row(exp: Experiment, trial_id: str, max_epochs: int | None) -> dict[st
         "stopped_early": status == "stopped early", "path": path,
         "rates": " ".join(str(RATES[level]) for level in path) if path else "",
         "genotype": last.get("genotype") if last is not None and isinstance(last.get("genotype"), str) else None,
+        "reason": _reason(exp, trial_id, status, last),
     }
+
+
+def _reason(exp: Experiment, trial_id: str, status: str, last: pd.Series | None) -> str:
+    """Why a trial diverged (its ``stop_reason``) or failed (the last line of Tune's ``error.txt``)."""
+    if status == "diverged" and last is not None and isinstance(last.get("stop_reason"), str):
+        return last["stop_reason"]
+    if status == "error":
+        try:
+            lines = (exp.path / f"trial-{trial_id}" / "error.txt").read_text(encoding="utf-8").strip().splitlines()
+        except OSError:
+            return "Tune marked the trial ERROR"
+        return f"{lines[-1].strip()[:200]} (trial-{trial_id}/error.txt)" if lines else ""
+    return ""
 
 
 def rank_trials(exp: Experiment, rank_by: str = "final") -> list[dict[str, Any]]:
@@ -421,7 +439,8 @@ def leaderboard_text(exp: Experiment, rows: list[dict[str, Any]], rank_by: str) 
     order = "highest" if exp.mode == "max" else "lowest"
     note = (f"ranked by {rank_by} {metric}, {order} first; path = downsample rate per layer of the last decoded "
             "genotype")
-    return format_table(headers, body) + f"\n({note})"
+    reasons = "".join(f"\n{r['trial_id']} {r['status']}: {r['reason']}" for r in rows if r["reason"])
+    return format_table(headers, body) + f"\n({note}){reasons}"
 
 
 def cell_text(genotype: dict[str, Any] | Genotype) -> str:
@@ -467,7 +486,7 @@ def write_leaderboard_csv(exp: Experiment, rows: list[dict[str, Any]], path: Pat
     """leaderboard.csv: one row per trial in rank order; hyperparameters as ``config/<key>`` columns."""
     keys, metric = param_keys(rows), exp.metric
     fields = ["rank", "trial_id", *(f"config/{k}" for k in keys), f"best_{metric}", "best_epoch",
-              f"final_{metric}", "epochs", "status", "stopped_early", "path", "rates", "genotype"]
+              f"final_{metric}", "epochs", "status", "stopped_early", "reason", "path", "rates", "genotype"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -476,8 +495,9 @@ def write_leaderboard_csv(exp: Experiment, rows: list[dict[str, Any]], path: Pat
                          **{f"config/{k}": r["config"].get(k, "") for k in keys},
                          f"best_{metric}": _csv(r["best"]), "best_epoch": _csv(r["best_epoch"]),
                          f"final_{metric}": _csv(r["final"]), "epochs": r["epochs"], "status": r["status"],
-                         "stopped_early": r["stopped_early"], "path": json.dumps(r["path"]) if r["path"] else "",
-                         "rates": r["rates"], "genotype": r["genotype"] or ""})
+                         "stopped_early": r["stopped_early"], "reason": r["reason"],
+                         "path": json.dumps(r["path"]) if r["path"] else "", "rates": r["rates"],
+                         "genotype": r["genotype"] or ""})
     return write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
@@ -530,7 +550,7 @@ def write_hparams_view(exp: Experiment, rows: list[dict[str, Any]], logdir: str 
 
 
 SESSION_STATUS = {"done": "STATUS_SUCCESS", "stopped early": "STATUS_SUCCESS", "error": "STATUS_FAILURE",
-                  "running": "STATUS_RUNNING"}
+                  "diverged": "STATUS_FAILURE", "running": "STATUS_RUNNING"}
 """TensorBoard's session status for a trial status; anything else (interrupted, ...) is STATUS_UNKNOWN."""
 
 
