@@ -154,9 +154,9 @@ def measure(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    def step(i: int, arch: bool) -> float:
+    def step(i: int, arch: bool) -> tuple[float, float]:
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt = opt_a if arch else opt_w
         opt.zero_grad(set_to_none=True)
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace) -> dict:
         loss.backward(inputs=net.arch_parameters() if arch else net.weight_parameters())
         opt.step()
         sync()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     if cuda:
@@ -177,7 +177,8 @@ def measure(args: argparse.Namespace) -> dict:
         w_times.append(step(0, False))
         a_times.append(step(1, True))
     out = {
-        "weight_step_s": w_times, "arch_step_s": a_times,
+        "weight_step_s": [t for t, _ in w_times], "arch_step_s": [t for t, _ in a_times],
+        "weight_step_cpu_s": [c for _, c in w_times],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # kB on Linux
         "rss_after_build_gb": rss_built,
         "weight_params_m": sum(p.numel() for p in net.weight_parameters()) / 1e6,
@@ -217,6 +218,9 @@ def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: lis
         "processes": len(runs), "steps": len(w),
         "weight_step_s": {"median": statistics.median(w), "min": min(w)},
         "arch_step_s": {"median": statistics.median(a), "min": min(a)},
+        # CPU time of the process: less sensitive than wall time to other processes on a shared machine
+        # (with several threads it also counts their spin-waits).
+        "weight_step_cpu_s": statistics.median(t for r in runs for t in r["weight_step_cpu_s"]),
         "peak_rss_gb": statistics.median(r["peak_rss_gb"] for r in runs),
         "rss_after_build_gb": statistics.median(r["rss_after_build_gb"] for r in runs),
         "weight_params_m": round(first["weight_params_m"], 3),

@@ -162,49 +162,76 @@ def fast_plan(mixed: MixedOp) -> Plan | None:
     return Plan(tuple(convs), stage1, tuple(pools), skip, bns[0].eps, bns[0].momentum)
 
 
-# --- a depthwise conv whose weight gradient is fast on CPU -------------------------------------------------
+# --- the conv part of a separable unit, batched ----------------------------------------------------------
 
 
-class _DepthwiseConv(torch.autograd.Function):
-    """Depthwise conv (one input channel per output channel, stride 1) with a faster CPU weight gradient.
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Stride-1 "same" depthwise conv, with a channel multiplier when ``weight`` has more channels than ``x``."""
+    pad = dilation * (weight.shape[-1] - 1) // 2
+    return F.conv2d(x, weight, padding=pad, dilation=dilation, groups=x.shape[1])
 
-    oneDNN computes the weight gradient of such a conv several times slower than the conv itself. It is a
-    correlation of the padded input with the output gradient, i.e. a depthwise *forward* conv whose kernel
-    is the output gradient (one channel per (sample, channel), stride = dilation), summed over the batch:
-    the same numbers, 3-4x faster at the sizes of the search.
+
+class _SeparableLinear(torch.autograd.Function):
+    """Depthwise conv, then a pointwise conv per slot as one batched matmul; keeps only its input for backward.
+
+    The depthwise output is as large as the pointwise output; it is recomputed in backward (a cheap conv)
+    instead of kept, which saves about a third of the cell's activation memory. On CPU the weight gradient of a
+    plain depthwise conv is computed as a depthwise *forward* conv whose kernel is the output gradient (a
+    correlation of the padded input with it, summed over the batch): the same numbers, several times faster
+    than oneDNN's weight gradient for these shapes.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, dw, pw)
         ctx.dilation = dilation
-        pad = dilation * (weight.shape[-1] - 1) // 2
-        return F.conv2d(x, weight, padding=pad, dilation=dilation, groups=x.shape[1])
+        return torch.matmul(pw, _slot_view(_depthwise(x, dw, dilation), x.shape[1], pw.shape[0]))
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        d, k = ctx.dilation, weight.shape[-1]
-        n, c, h, w = x.shape
+        x, dw, pw = ctx.saved_tensors
+        d, needs = ctx.dilation, ctx.needs_input_grad
+        with torch.no_grad():
+            z = _depthwise(x, dw, d)
+        cdt, slots = z.dtype, pw.shape[0]
+        zs, grad = _slot_view(z, x.shape[1], slots), grad.to(cdt)
+        grad_pw = torch.matmul(grad, zs.transpose(-1, -2)).sum(0).to(pw.dtype) if needs[2] else None
+        grad_z = torch.matmul(pw.to(cdt).transpose(-1, -2), grad)  # [B, S, C, HW]
+        if dw.shape[0] != x.shape[1]:  # multiplier layout: channels (c, slot)
+            grad_z = grad_z.transpose(1, 2)
+        grad_z = grad_z.reshape(z.shape)
+        xc, dwc, k = x.to(cdt), dw.to(cdt), dw.shape[-1]
         pad = d * (k - 1) // 2
-        grad = grad.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [pad, pad], [d, d], False,
-                                                         [0, 0], c, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            padded = F.pad(x, (pad, pad, pad, pad)).reshape(1, n * c, h + 2 * pad, w + 2 * pad)
-            grad_w = F.conv2d(padded, grad.reshape(n * c, 1, h, w), stride=d, groups=n * c)
-            grad_w = grad_w.view(n, c, k, k).sum(0).view_as(weight)
-        return grad_x, grad_w, None
+        plain_cpu = x.device.type == "cpu" and dw.shape[0] == x.shape[1]
+        mask = [needs[0], needs[1] and not plain_cpu, False]
+        grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(grad_z, xc, dwc, None, [1, 1], [pad, pad], [d, d],
+                                                                 False, [0, 0], x.shape[1], mask)
+        if needs[1] and plain_cpu:
+            n, c, h, w = x.shape
+            padded = F.pad(xc, (pad, pad, pad, pad)).reshape(1, n * c, h + 2 * pad, w + 2 * pad)
+            grad_dw = F.conv2d(padded, grad_z.reshape(n * c, 1, h, w), stride=d, groups=n * c)
+            grad_dw = grad_dw.view(n, c, k, k).sum(0).view_as(dw)
+        grad_x = grad_x.to(x.dtype) if grad_x is not None else None
+        grad_dw = grad_dw.to(dw.dtype) if grad_dw is not None else None
+        return grad_x, grad_dw, grad_pw, None
 
 
-def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``F.conv2d(x, weight, groups=C)`` with "same" padding; the custom weight gradient on CPU only."""
-    if x.device.type == "cpu" and torch.is_grad_enabled():
-        return _DepthwiseConv.apply(x, weight, dilation)
-    pad = dilation * (weight.shape[-1] - 1) // 2
-    return F.conv2d(x, weight, padding=pad, dilation=dilation, groups=x.shape[1])
+def _slot_view(z: torch.Tensor, in_channels: int, slots: int) -> torch.Tensor:
+    """The depthwise output ``[B, K, H, W]`` as ``[B, S, C, H * W]``: its channels are (c, slot) after a
+    multiplier conv (``K > in_channels``), (slot, c) after a plain one."""
+    b, k, h, w = z.shape
+    if k != in_channels:
+        return z.view(b, in_channels, slots, h * w).transpose(1, 2)
+    return z.view(b, slots, k // slots, h * w)
+
+
+def separable_linear(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``pw[s] @ depthwise(x, dw)[slot s]`` for every slot: ``[B, S, C_out, H * W]`` (see `_SeparableLinear`)."""
+    if torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+        return _SeparableLinear.apply(x, dw, pw, dilation)
+    return torch.matmul(pw, _slot_view(_depthwise(x, dw, dilation), x.shape[1], pw.shape[0]))
 
 
 # --- the cell -----------------------------------------------------------------------------------------
@@ -258,20 +285,19 @@ class SearchCell(nn.Module):
         return calls
 
     def _layout(self) -> None:
-        """BN rows (per source: stage 1, 2, ... slots, then pools; slots ordered (op, edge)) and the index
+        """BN rows (per source: each call's slots, then the pools'; slots ordered (op, edge)) and the index
         tensors that gather each call's stacked weights into per-source contiguous blocks."""
         plan, c = self.plan, self.channels
         pos = {e: p for p, e in enumerate(self._order)}
         n = len(self._order)
         bns, self._rows = [], []
-        stage_ops = [tuple(range(len(plan.convs)))] + [call.ops for call in self._calls if call.stage > 1]
         for src in self.sources:
             rows = {}
-            for stage, ops in enumerate(stage_ops, start=1):
-                rows[stage] = slice(len(bns), len(bns) + len(ops) * len(src))
-                bns += [_child(self.edges[e].ops[plan.convs[i].op], plan.convs[i].units[stage - 1].path)[-1]
-                        for i in ops for e in src]
-            rows[0] = slice(len(bns), len(bns) + len(plan.pools) * len(src))
+            for j, call in enumerate(self._calls):
+                rows[j] = slice(len(bns), len(bns) + len(call.ops) * len(src))
+                bns += [_child(self.edges[e].ops[plan.convs[i].op], plan.convs[i].units[call.stage - 1].path)[-1]
+                        for i in call.ops for e in src]
+            rows["pool"] = slice(len(bns), len(bns) + len(plan.pools) * len(src))
             bns += [self.edges[e].ops[k][1] for k in plan.pools for e in src]
             self._rows.append(rows)
         self._bn_modules = bns
@@ -392,11 +418,11 @@ class SearchCell(nn.Module):
         for i, src in enumerate(self.sources):
             gi, e = (1 if i == 0 else groups), len(src)
             calls = {}
-            for stage, rows in self._rows[i].items():
-                slots = (rows.stop - rows.start) if stage else len(plan.pools)
-                calls[stage] = (offset, offset + gi * slots * c)
+            for key, rows in self._rows[i].items():
+                slots = len(plan.pools) if key == "pool" else rows.stop - rows.start
+                calls[key] = (offset, offset + gi * slots * c)
                 for r in range(rows.stop - rows.start):
-                    slot = r if stage else r // e
+                    slot = r // e if key == "pool" else r
                     index.append([offset + (gg * slots + slot) * c + ch if gg < gi else 0
                                   for gg in range(groups) for ch in range(c)])
                     coef.append([m * (1 - m) ** (gi - 1 - gg) if gg < gi else 0.0 for gg in range(groups)])
@@ -419,19 +445,24 @@ class SearchCell(nn.Module):
             self.bn_count.add_(count)
 
     def _bn(self, y: torch.Tensor, groups: int, rows: slice, tmp: torch.Tensor | None,
-            chunk: tuple[int, int] | None) -> torch.Tensor:
+            chunk: tuple[int, int] | None, scale: torch.Tensor | None = None) -> torch.Tensor:
         """BN of ``y`` ``[N * G, S, C, H * W]``, one affine-free BN per slot (rows ``rows`` of ``bn_stats``).
 
         Training: statistics per path, slot and channel (the view ``[N, G * S * C, H * W]``), written to the
-        scratch ``tmp[:, chunk]``. Eval: each slot's own running statistics.
+        scratch ``tmp[:, chunk]``. Eval: each slot's own running statistics. ``scale`` (``[S]``, or None for
+        ones) multiplies each slot's output: the op weights ride in BN's affine scale instead of costing an
+        extra pass over the tensor (a scale of exactly 1 leaves an output unchanged).
         """
-        flat = y.reshape(y.shape[0] // groups, -1, y.shape[-1])
+        n, slots = y.shape[0] // groups, y.shape[1]
+        flat = y.reshape(n, -1, y.shape[-1])
+        if scale is not None:  # contiguous: the CPU BN kernels misread a stride-0 weight (G = S = 1)
+            scale = scale[None, :, None].expand(groups, slots, y.shape[2]).contiguous().view(-1)
         if not self.training:
             st = self.bn_stats[:, rows]
             st = st.unsqueeze(1).expand(2, groups, *st.shape[1:]).reshape(2, -1)
-            return F.batch_norm(flat, st[0], st[1], None, None, False, 0.0, self.plan.eps).view_as(y)
+            return F.batch_norm(flat, st[0], st[1], scale, None, False, 0.0, self.plan.eps).view_as(y)
         a, b = chunk
-        return F.batch_norm(flat, tmp[0, a:b], tmp[1, a:b], None, None, True, 1.0, self.plan.eps).view_as(y)
+        return F.batch_norm(flat, tmp[0, a:b], tmp[1, a:b], scale, None, True, 1.0, self.plan.eps).view_as(y)
 
     def _source(self, x: torch.Tensor, groups: int, i: int, packed: dict, edges: slice,
                 tmp: torch.Tensor | None, chunks: dict | None) -> torch.Tensor:
@@ -440,41 +471,63 @@ class SearchCell(nn.Module):
         e, rows = edges.stop - edges.start, self._rows[i]
         wt = packed["w"][:, edges]  # [K, E]
         r = F.relu(x)
-        parts, y, out = [], None, None
+        out, prev, cur, stage = None, [], [], 1
         for j, call in enumerate(self._calls):
-            pad = call.dilation * (call.kernel - 1) // 2
-            if call.stage == 1 and call.kind == "full":
-                weight = packed[j][edges].flatten(0, 1)
-                parts.append(F.conv2d(r, weight, padding=pad, dilation=call.dilation).view(ng, e, c, h * w))
-            elif call.stage == 1:
-                m = len(call.ops)
-                dw = packed[j][0][edges.start * c * m:edges.stop * c * m].view(-1, 1, call.kernel, call.kernel)
-                pw = packed[j][1][edges.start * m:edges.stop * m]
-                z = F.conv2d(r, dw, padding=pad, dilation=call.dilation, groups=c)
-                parts.append(torch.matmul(pw, z.view(ng, c, m * e, h * w).transpose(1, 2)))
-            if call.stage == 1 and j + 1 < len(self._calls) and self._calls[j + 1].stage == 1:
-                continue
-            if call.stage == 1:
-                y = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [NG, S1, C, HW]
-            else:  # the ops that have this stage are the leading slots of the previous one
-                m = len(call.ops)
-                z = F.relu(y[:, : m * e]).reshape(ng, m * e * c, h, w)
-                dw = packed[j][0][edges.start * c * m:edges.stop * c * m].view(-1, 1, call.kernel, call.kernel)
-                z = depthwise_conv(z, dw, call.dilation)
-                y = torch.matmul(packed[j][1][edges.start * m:edges.stop * m], z.view(ng, m * e, c, h * w))
-            y = self._bn(y, groups, rows[call.stage], tmp, chunks and chunks[call.stage])
-            done = [cv.op for cv in plan.convs[: y.shape[1] // e] if len(cv.units) == call.stage]
-            if done:  # ops whose last unit is this stage hold the trailing slots
-                ws = wt[done].reshape(len(done), e, 1, 1)
-                term = (y[:, -len(done) * e:].view(ng, len(done), e, c, h * w) * ws).sum(1)
+            if call.stage != stage:
+                prev, cur, stage = cur, [], call.stage
+            m, pad = len(call.ops), call.dilation * (call.kernel - 1) // 2
+            if call.kind == "full":
+                y = F.conv2d(r, packed[j][edges].flatten(0, 1), padding=pad, dilation=call.dilation)
+                y = y.view(ng, m * e, c, h * w)
+            else:
+                if stage == 1:
+                    inp = r
+                else:  # the ops that continue are the leading slots of the previous stage's calls
+                    parts = [t[:, : sum(op in call.ops for op in ops) * e] for ops, t in prev]
+                    parts = [t for t in parts if t.shape[1]]
+                    inp = F.relu(torch.cat(parts, 1) if len(parts) > 1 else parts[0]).reshape(ng, m * e * c, h, w)
+                dw = packed[j][0][edges.start * m * c:edges.stop * m * c].view(-1, 1, call.kernel, call.kernel)
+                y = separable_linear(inp, dw, packed[j][1][edges.start * m:edges.stop * m], call.dilation)
+            # Ops whose last unit is this stage hold the trailing slots: BN scales them by their op weight.
+            done = [plan.convs[k].op for k in call.ops if len(plan.convs[k].units) == stage]
+            going = (m - len(done)) * e
+            scale = None
+            if done:
+                scale = wt[done].flatten()
+                scale = torch.cat([scale.new_ones(going), scale]) if going else scale
+            y = self._bn(y, groups, rows[j], tmp, chunks and chunks[j], scale)
+            if done:
+                term = y[:, going:].view(ng, len(done), e, c, h * w).sum(1) if len(done) > 1 else y[:, going:]
                 out = term if out is None else out + term
-        if plan.pools:  # the pools and, in training, their batch norm are the same for every edge
-            pooled = torch.stack([self.edges[0].ops[k][0](x) for k in plan.pools], 1).view(ng, -1, c, h * w)
-            if not self.training:
-                pooled = pooled.unsqueeze(2).expand(ng, len(plan.pools), e, c, h * w).flatten(1, 2)
-            pooled = self._bn(pooled, groups, rows[0], tmp, chunks and chunks[0])
-            ws = wt[list(plan.pools)].reshape(len(plan.pools), e, 1, 1)
-            out = out + (pooled.view(ng, len(plan.pools), -1, c, h * w) * ws).sum(1)
+            if going:
+                cur.append((call.ops, y))
+        return out + self._parameter_free(x, groups, wt, rows["pool"], tmp, chunks and chunks["pool"])
+
+    def _parameter_free(self, x: torch.Tensor, groups: int, wt: torch.Tensor, rows: slice,
+                        tmp: torch.Tensor | None, chunk: tuple[int, int] | None) -> torch.Tensor:
+        """The weighted pools (each followed by its BN) and skip: ``[N * G, E, C, H * W]``.
+
+        In training a pool's BN output does not depend on the edge (same input, batch statistics): it is
+        computed once and the edges' weights mix pools and skip in one small matmul.
+        """
+        plan, ng, c, e = self.plan, x.shape[0], x.shape[1], wt.shape[1]
+        hw = x.shape[2] * x.shape[3]
+        pools, feats, ops = len(plan.pools), [], []
+        if pools:
+            pooled = torch.stack([self.edges[0].ops[k][0](x) for k in plan.pools], 1).view(ng, pools, c, hw)
+            if not self.training:  # each edge's BN has its own running statistics
+                pooled = pooled.unsqueeze(2).expand(ng, pools, e, c, hw).flatten(1, 2)
+                pooled = self._bn(pooled, groups, rows, None, None, wt[list(plan.pools)].flatten())
+                out = pooled.view(ng, pools, e, c, hw).sum(1)
+                if plan.skip is not None:
+                    out = out + x.view(ng, 1, c, hw) * wt[plan.skip].view(e, 1, 1)
+                return out
+            feats.append(self._bn(pooled, groups, rows, tmp, chunk).view(ng, pools, c * hw))
+            ops += plan.pools
         if plan.skip is not None:
-            out = out + x.view(ng, 1, c, h * w) * wt[plan.skip].view(e, 1, 1)
-        return out
+            feats.append(x.view(ng, 1, c * hw))
+            ops.append(plan.skip)
+        if not ops:
+            return x.new_zeros(())
+        feats = torch.cat(feats, 1) if len(feats) > 1 else feats[0]
+        return torch.matmul(wt[ops].t(), feats).view(ng, e, c, hw)
