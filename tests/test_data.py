@@ -45,8 +45,7 @@ def _write(path: Path, array: np.ndarray, palette: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array.astype(np.uint8))
     if palette:
-        img = img.convert("P") if img.mode == "RGB" else Image.fromarray(array.astype(np.uint8), mode="P")
-        img.putpalette(_voc_palette())
+        img.putpalette(_voc_palette())  # an "L" image becomes "P" with the same indices
     img.save(path, quality=95) if path.suffix == ".jpg" else img.save(path)
     return path
 
@@ -341,7 +340,7 @@ def test_synthetic_covers_every_class():
     for i in range(len(ds)):
         present[i, ds[i][1].unique().numpy()] = True
     assert ds.classes == CLASSES and ds.num_classes == len(CLASSES) == 8
-    assert present.all(0).sum() >= 5 and present.mean(0).min() >= 0.3, present.mean(0)
+    assert present.mean(0).min() >= 0.5, present.mean(0)  # every class in most images, rare ones included
     weights = ds.class_weights(samples=8)
     assert weights.shape == (8,) and weights[CLASSES.index("dot")] > weights[CLASSES.index("background")]
 
@@ -518,17 +517,11 @@ def _ray_train_fn() -> None:
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_loader_under_ray_train_prepare_data_loader(tmp_path):
-    ray = pytest.importorskip("ray")
+def test_loader_under_ray_train_prepare_data_loader(ray_session, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    repo = str(Path(__file__).resolve().parents[1])
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": repo}})
-    try:
-        trainer = TorchTrainer(_ray_train_fn, scaling_config=ScalingConfig(num_workers=2),
-                               run_config=RunConfig(storage_path=str(tmp_path), name="data-loader"))
-        metrics = trainer.fit().metrics
-    finally:
-        ray.shutdown()
+    trainer = TorchTrainer(_ray_train_fn, scaling_config=ScalingConfig(num_workers=2),
+                           run_config=RunConfig(storage_path=str(tmp_path), name="data-loader"))
+    metrics = trainer.fit().metrics
     assert metrics == {"epoch": 2, "sampler": "DistributedSampler", "shape": [2, 3, 32, 32], "label_shape": [2, 32, 32]}

@@ -1,20 +1,20 @@
 """The embedded default task: procedural multi-cue segmentation that needs no download.
 
 Each sample is drawn from ``numpy.random.default_rng([seed, split, index])``, so it depends only on those
-three numbers (not on the worker process or on what was drawn before). The classes are built so that
-different architectures fail different ones:
+three numbers (not on the worker process or on what was drawn before). The classes ask for different things:
 
-- ``stripes_h`` / ``stripes_v``: large regions of a second texture under soft bands of period 12-20 px;
-  they differ only in the bands' orientation, which a small window cannot see (receptive field).
-- ``blob``: large smooth regions (easy; anchors the large-object end).
-- ``dot``: discs of radius 2-4 px, and ``curve``: 1-2 px curves; both vanish at stride 16-32 unless a
-  high-resolution path keeps them.
-- ``marker_h`` / ``marker_v``: identical-looking square markers (side 7-11 px) whose class is the
-  orientation of the band region around them (context: ASPP, deep levels).
-- ``background``: one of scikit-image's bundled textures (brick, grass, gravel), tinted; brick's mortar
-  lines are a deliberate local look-alike of the stripes.
+- ``stripes_h`` / ``stripes_v``: large regions of a second texture under bands of period 12-20 px; they
+  differ only in the bands' orientation, seen over a window of a period or more (receptive field).
+- ``blob``: large smooth regions in a warm or a cool colour (the large-object end).
+- ``marker_warm`` / ``marker_cool``: identical square markers on a plain grey halo of radius 9-16 px inside a
+  blob; the class is the colour family of the blob beyond the halo (context).
+- ``dot``: discs of radius 2-4 px, among look-alike rings; ``curve``: 1-2 px curves that wiggle with a period
+  of 10-18 px, among straight look-alike lines (small and thin: they need a high-resolution path).
+- ``background``: one of scikit-image's bundled textures (brick, grass, gravel), tinted; brick's mortar lines
+  are a local look-alike of the bands and the lines.
 
-Object scales are random. Dots, curves and markers are rare by area: see `SyntheticSegmentation.class_weights`.
+Object scales and positions are random. Dots, curves and markers are rare by area: see
+`SyntheticSegmentation.class_weights`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from torch.utils.data import Dataset
 from orchestrator.data.common import IGNORE_INDEX, DataError
 from orchestrator.data.transforms import to_tensors
 
-CLASSES = ("background", "stripes_h", "stripes_v", "blob", "dot", "curve", "marker_h", "marker_v")
-BACKGROUND, STRIPES_H, STRIPES_V, BLOB, DOT, CURVE, MARKER_H, MARKER_V = range(len(CLASSES))
+CLASSES = ("background", "stripes_h", "stripes_v", "blob", "dot", "curve", "marker_warm", "marker_cool")
+BACKGROUND, STRIPES_H, STRIPES_V, BLOB, DOT, CURVE, MARKER_WARM, MARKER_COOL = range(len(CLASSES))
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZE = {"train": 512, "val": 64, "test": 64}
 """Images per split: enough variety for a CPU search in minutes, and a validation set that runs in seconds."""
@@ -93,71 +93,99 @@ def _paint(image: np.ndarray, label: np.ndarray, mask: np.ndarray, pixels: np.nd
     label[mask] = cls
 
 
-def _stripes(rng: np.random.Generator, image, label, size: int, background_tex: int) -> list[tuple[np.ndarray, int]]:
-    """Two or three oriented-band regions; returns their (mask, class) for marker placement."""
+WARM = ((0.75, 0.95), (0.25, 0.55), (0.05, 0.3))
+COOL = ((0.05, 0.3), (0.3, 0.6), (0.7, 0.95))
+"""RGB ranges of the two blob colour families; a marker's class is the family of the blob around it."""
+
+
+def _stripes(rng: np.random.Generator, image, label, size: int, background_tex: int) -> None:
+    """Two or three regions of a second texture under bands of period 12-20 px, horizontal or vertical; the
+    first two have opposite orientations so that the image as a whole does not give the answer away."""
     yy, xx = _grid(size)
-    regions = []
     first = int(rng.integers(2))
-    for k in range(rng.integers(2, 4)):  # the first two have opposite orientations: no global shortcut
+    for k in range(rng.integers(2, 4)):
         cls = (STRIPES_H, STRIPES_V)[(first + k) % 2] if k < 2 else (STRIPES_H, STRIPES_V)[rng.integers(2)]
-        mask = _blob_mask(rng, size, rng.uniform(0.28, 0.42) * size)
+        mask = _blob_mask(rng, size, rng.uniform(0.2, 0.34) * size)
         tex = _texture_patch(rng, size, (background_tex + rng.integers(1, 3)) % 3)
-        along = yy if cls == STRIPES_H else xx
-        across = xx if cls == STRIPES_H else yy
+        along, across = (yy, xx) if cls == STRIPES_H else (xx, yy)
         period, wave, phase1, phase2 = (float(v) for v in rng.uniform((12, 30, 0, 0), (20, 60, 6.3, 6.3)))
         wobble = 2.0 * np.sin(across * (2 * math.pi / wave) + phase1)
         bands = np.sin((along + wobble) * (2 * math.pi / period) + phase2)
         gray = 0.5 + 0.1 * tex + 0.14 * bands
-        colour = 2 * _colour(rng, 0.35, 0.65)
-        _paint(image, label, mask, gray[..., None] * colour, cls)
-        regions.append((colour * 0.5, cls))
-    return regions
+        _paint(image, label, mask, gray[..., None] * (2 * _colour(rng, 0.35, 0.65)), cls)
 
 
-def _markers(rng: np.random.Generator, image, label, size: int, regions) -> None:
-    """Two to four identical square markers, each in a plain halo (the region's mean colour, labelled as the
-    region) inside a band region: only context beyond the halo tells marker_h from marker_v."""
+def _blobs(rng: np.random.Generator, image, label, size: int) -> list[tuple[np.ndarray, int]]:
+    """A warm and a cool smooth blob (a third of either family half the time); returns (mask, marker class)."""
+    families = [(WARM, MARKER_WARM), (COOL, MARKER_COOL)]
+    if rng.random() < 0.5:
+        families.append(families[rng.integers(2)])
+    blobs = []
+    for ranges, marker in families:
+        mask = _blob_mask(rng, size, rng.uniform(0.26, 0.34) * size)
+        colour = np.array([rng.uniform(*r) for r in ranges], dtype=np.float32)
+        _paint(image, label, mask, colour + 0.03 * rng.standard_normal((size, size, 3), np.float32), BLOB)
+        blobs.append((mask, marker))
+    return blobs
+
+
+def _markers(rng: np.random.Generator, image, label, size: int, blobs) -> None:
+    """Two to four identical square markers, each on a neutral grey halo (labelled blob) inside a blob: the
+    blob's colour family, visible only beyond the halo, decides marker_warm or marker_cool."""
     yy, xx = _grid(size)
     for _ in range(rng.integers(2, 5)):
         half = int(rng.integers(3, 6))
-        halo = half + float(rng.uniform(8, 14))
+        halo = half + float(rng.uniform(10, 15))
         for _try in range(10):
-            colour, cls = regions[rng.integers(len(regions))]
-            inside = np.flatnonzero(label[half + 1:size - half - 1, half + 1:size - half - 1] == cls)
+            mask, marker = blobs[rng.integers(len(blobs))]
+            inside = np.flatnonzero(mask & (label == BLOB))
             if len(inside) == 0:
                 continue
-            cy, cx = (int(v) + half + 1 for v in divmod(rng.choice(inside), size - 2 * half - 2))
+            cy, cx = (int(v) for v in divmod(rng.choice(inside), size))
             disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= halo * halo
-            if (label[disc] == cls).mean() > 0.8:
+            if half < cy < size - half - 1 and half < cx < size - half - 1 and (mask & disc).sum() > 0.7 * disc.sum():
                 break
         else:
             continue
-        image[disc & (label == cls)] = colour
+        image[disc & (label == BLOB)] = 0.5
         ys, xs = slice(cy - half, cy + half + 1), slice(cx - half, cx + half + 1)
         image[ys, xs] = 0.05
         image[cy - half + 1:cy + half, cx - half + 1:cx + half] = 0.95
         image[cy - 1:cy + 2, cx - 1:cx + 2] = 0.05
-        label[ys, xs] = MARKER_H if cls == STRIPES_H else MARKER_V
+        label[ys, xs] = marker
+
+
+def _line_points(rng: np.random.Generator, size: int, wiggle: bool) -> np.ndarray:
+    """Integer (y, x) points of a 1 or 2 px line across the image: straight, or wiggling sideways by 2-4 px
+    with a period of 10-18 px (the wiggle is what makes it a curve; it spans more than a 3x3 stem sees)."""
+    a, b = rng.uniform(-0.1, 1.1, size=(2, 2)) * size
+    length = float(np.hypot(*(b - a)))
+    t = np.linspace(0, 1, max(int(3 * length), 2))[:, None]
+    pts = a + t * (b - a)
+    if wiggle:
+        normal = np.array([-(b - a)[1], (b - a)[0]]) / max(length, 1e-6)
+        amp, period, phase = (float(v) for v in rng.uniform((2.0, 10.0, 0.0), (4.0, 18.0, 6.3)))
+        pts = pts + amp * np.sin(t * length * 2 * math.pi / period + phase) * normal
+    pts = np.round(pts).astype(np.int64)
+    if rng.random() < 0.5:  # 2 px thick: add the right, lower and diagonal neighbours
+        pts = np.concatenate([pts + d for d in ((0, 0), (0, 1), (1, 0), (1, 1))])
+    return pts[(pts >= 0).all(1) & (pts < size).all(1)]
 
 
 def _curves(rng: np.random.Generator, image, label, size: int) -> None:
-    """One to three quadratic Bezier curves, 1 or 2 px thick, across the image."""
-    for _ in range(rng.integers(1, 4)):
-        p = rng.uniform(-0.1, 1.1, size=(3, 2)) * size
-        t = np.linspace(0, 1, 6 * size)[:, None]
-        pts = (1 - t) ** 2 * p[0] + 2 * t * (1 - t) * p[1] + t**2 * p[2]
-        pts = np.round(pts).astype(np.int64)
-        if rng.random() < 0.5:  # 2 px thick: add the right, lower and diagonal neighbours
-            pts = np.concatenate([pts + d for d in ((0, 0), (0, 1), (1, 0), (1, 1))])
-        keep = (pts >= 0).all(1) & (pts < size).all(1)
-        ys, xs = pts[keep, 0], pts[keep, 1]
-        image[ys, xs] = _colour(rng, 0.0, 1.0)
-        label[ys, xs] = CURVE
+    """One to three wiggly curves (class ``curve``) and as many straight look-alike lines that keep the label
+    of the surface under them, in random colours."""
+    count = int(rng.integers(1, 4))
+    for k in range(2 * count):
+        pts = _line_points(rng, size, wiggle=k < count)
+        image[pts[:, 0], pts[:, 1]] = _colour(rng, 0.0, 1.0)
+        if k < count:
+            label[pts[:, 0], pts[:, 1]] = CURVE
 
 
 def _dots(rng: np.random.Generator, image, label, size: int) -> None:
     """Five to twelve discs of radius 2-4 px in saturated random colours, and as many look-alike rings
-    (1 px wall) that keep the label of the surface under them: only fine detail tells them apart."""
+    (1 px wall) that keep the label of the surface under them."""
     yy, xx = _grid(size)
     count = int(rng.integers(5, 13))
     for k in range(2 * count):
@@ -167,11 +195,10 @@ def _dots(rng: np.random.Generator, image, label, size: int) -> None:
         d2 = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2
         colour = _colour(rng, 0.0, 1.0)
         colour[rng.integers(3)] = rng.choice([0.0, 1.0])
+        shape = d2 <= r * r if k < count else (d2 <= r * r) & (d2 > (r - 1.2) ** 2)
+        image[y0:y1, x0:x1][shape] = colour
         if k < count:
-            image[y0:y1, x0:x1][d2 <= r * r] = colour
-            label[y0:y1, x0:x1][d2 <= r * r] = DOT
-        else:
-            image[y0:y1, x0:x1][(d2 <= r * r) & (d2 > (r - 1.2) ** 2)] = colour
+            label[y0:y1, x0:x1][shape] = DOT
 
 
 def generate(seed: int, split: str, index: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -181,11 +208,9 @@ def generate(seed: int, split: str, index: int, size: int = 96) -> tuple[np.ndar
     gray = 0.5 + 0.12 * _texture_patch(rng, size, bg)
     image = gray[..., None] * (2 * _colour(rng, 0.3, 0.7))
     label = np.zeros((size, size), dtype=np.uint8)
-    regions = _stripes(rng, image, label, size, bg)
-    for _ in range(rng.integers(1, 3)):
-        mask = _blob_mask(rng, size, rng.uniform(0.1, 0.2) * size)
-        _paint(image, label, mask, _colour(rng) + 0.02 * rng.standard_normal((size, size, 3), np.float32), BLOB)
-    _markers(rng, image, label, size, regions)
+    _stripes(rng, image, label, size, bg)
+    blobs = _blobs(rng, image, label, size)
+    _markers(rng, image, label, size, blobs)
     _curves(rng, image, label, size)
     _dots(rng, image, label, size)
     image += 0.03 * rng.standard_normal(image.shape, np.float32)
