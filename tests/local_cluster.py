@@ -101,7 +101,10 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _ray(self, *args: str) -> None:
-        subprocess.run([str(BIN / "ray"), *args], env=self.env, check=True, capture_output=True, timeout=120)
+        # Every Ray process of this cluster inherits RAY_ADDRESS: with another Ray on the machine, Ray's state API
+        # (used inside Train) otherwise finds several clusters and refuses to pick one.
+        env = {**self.env, "RAY_ADDRESS": self.gcs_address}
+        subprocess.run([str(BIN / "ray"), *args], env=env, check=True, capture_output=True, timeout=120)
 
     def start(self) -> LocalCluster:
         head = self.root / "head"
