@@ -99,8 +99,8 @@ def main() -> None:
     for name in args.paths.split(","):
         path = PATHS[name]
         torch.manual_seed(args.seed)
-        net = DiscreteNet(Genotype(cell=CELLS[args.cell], path=path), train_ds.num_classes, filter_multiplier=args.filters,
-                          stem_channels=(16, 16, 32), aspp_channels=48)
+        net = DiscreteNet(Genotype(cell=CELLS[args.cell], path=path), train_ds.num_classes,
+                          filter_multiplier=args.filters, stem_channels=(16, 16, 32), aspp_channels=48)
         loader = make_loader(train_ds, args.batch_size, shuffle=True, num_workers=0, seed=args.seed, drop_last=True)
         start = time.perf_counter()
         train(net, loader, args.epochs, weights, args.lr)
