@@ -101,7 +101,7 @@ def test_a_user_error_in_a_real_process_has_no_traceback(tiny_yaml: Path):
     proc = subprocess.run(cmd, cwd=ROOT, env=cluster_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    assert "unknown key 'search.arch_lrr'; did you mean 'search.arch_lr'?" in proc.stderr
+    assert "unknown key 'search.arch_lrr'; did you mean 'search.arch_lr'?" in " ".join(proc.stderr.split())
 
 
 # ---------------------------------------------------------------------------------------------- data
