@@ -195,6 +195,9 @@ def make_tuner(cfg: ExperimentConfig, storage_path: str, name: str, concurrency:
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path,
             callbacks=[EpochReporter(experiment_dir(storage_path, name), cfg.search.epochs)],
+            # A lost node can take a trial's driver with it (Train's own retries cannot help then): Tune restarts
+            # the trial, whose Train run continues from its latest checkpoint.
+            failure_config=tune.FailureConfig(max_failures=cfg.runtime.max_failures),
         ),
     )
 
