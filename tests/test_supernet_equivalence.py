@@ -59,8 +59,7 @@ def _assert_same(fast: SuperNet, ref: SuperNet, y_fast: torch.Tensor, y_ref: tor
         _close(b.double(), buffers[name].double(), rtol, name, floor=1.0)  # running statistics are O(1)
 
 
-@pytest.mark.parametrize("family", OP_FAMILIES)
-@pytest.mark.parametrize("blocks", [2, 3])
+@pytest.mark.parametrize("family, blocks", [("darts", 3), ("paper", 2)])
 def test_batched_forward_matches_reference_train_then_eval(family, blocks):
     fast, ref = _pair(family, blocks)
     assert all(node.cell.plan is not None for node in fast.nodes.values())  # the batched path is taken
@@ -76,6 +75,7 @@ def test_batched_forward_matches_reference_train_then_eval(family, blocks):
 
 @pytest.mark.parametrize("family", OP_FAMILIES)
 def test_checkpointed_cells_match_reference_and_update_statistics_once(family):
+    """Also the smallest sizes: at a 32 crop the rate-32 level is 1x1."""
     fast, ref = _pair(family, 2, checkpoint_cells=True)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     cotangent = torch.randn(2, 4, 32, 32, dtype=torch.float64)
@@ -106,3 +106,14 @@ def test_unknown_op_structure_falls_back_to_reference():
     x = torch.randn(2, 3, 24, 24, dtype=torch.float64)
     cotangent = torch.randn(2, 4, 24, 24, dtype=torch.float64)
     _assert_same(fast, ref, _step(fast, x, cotangent, False), _step(ref, x, cotangent, True))
+
+
+def test_arch_step_gradients_match_reference():
+    """``backward(inputs=arch_parameters())``, the arch step: the batched backward skips weight gradients."""
+    fast, ref = _pair("darts", 2)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for net, y in ((fast, fast(x)), (ref, ref.forward_reference(x))):
+        y.square().mean().backward(inputs=net.arch_parameters())
+    for p, q in zip(fast.arch_parameters(), ref.arch_parameters(), strict=True):
+        _close(p.grad, q.grad, 1e-9, "arch grad")
+    assert all(p.grad is None for p in fast.weight_parameters())
