@@ -1,11 +1,15 @@
-"""Is the embedded synthetic task architecture-sensitive? Train two hand-built discrete networks for the same
-budget and print their per-class IoU.
+"""Is the embedded synthetic task architecture-sensitive? Train hand-built discrete networks that share a cell
+and differ only in their path, for the same number of steps, and print their per-class IoU (markdown).
 
-Both share one small cell and differ only in the path: ``high-res`` stays at stride 4-8, ``deep`` descends to
-stride 32. If the task does its job they fail different classes: the high-res net loses the context classes
-(marker orientation, band orientation) and the deep net the small ones (dots, thin curves).
+The intent (issue 3): a net that stays at stride 4-8 should win the small and thin classes (dot, curve), a
+net that descends to stride 32 the context classes (marker_warm/cool). What it measures on the current task
+(96 px, F = 8, 320 steps): `DiscreteNet`'s DeepLabv3+ decoder gives every path a rate-4 skip, so dot and curve
+come out even; the stride-32 net loses the mid-scale band orientation (stripes_v, about 0.25 against 0.5); the
+two marker classes split between the nets by a few points and swap between task variants. So the intended
+split is not shown yet: treat this script as the measuring stick for the next task revision.
 
-    python experiments/arch_sensitivity.py            # a few minutes on 2 CPU cores
+    python experiments/arch_sensitivity.py                 # two nets, a few minutes on 2 idle CPU cores
+    python experiments/arch_sensitivity.py --paths stride4-8,stride32,stride4 --cell small
     python experiments/arch_sensitivity.py --smoke-test
 """
 
@@ -73,7 +77,7 @@ def table(classes: tuple[str, ...], results: dict[str, torch.Tensor]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--size", type=int, default=512, help="training images")
     p.add_argument("--val-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=96)
@@ -82,7 +86,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cell", choices=sorted(CELLS), default="small")
+    p.add_argument("--cell", choices=sorted(CELLS), default="dil")
     p.add_argument("--paths", default="stride4-8,stride32", help=f"comma-separated, from {', '.join(PATHS)}")
     p.add_argument("--smoke-test", action="store_true", help="a few steps, to check the script runs")
     args = p.parse_args()

@@ -500,28 +500,29 @@ def test_infinite_loader_under_a_distributed_sampler():
     assert set(seen[0]).isdisjoint(seen[1]) and len(seen[0]) == len(seen[1]) == 4
 
 
-def _ray_train_fn() -> None:
-    """Per-worker loop: prepare our loader the way the search will, draw across passes, report what it saw."""
-    import ray.train
-    import ray.train.torch
-
-    ds = load_dataset("synthetic", None, "train", train=True, crop_size=32, size=8)
-    loader = ray.train.torch.prepare_data_loader(make_loader(ds, 2, shuffle=True, num_workers=1, seed=0,
-                                                             drop_last=True))
-    it = InfiniteLoader(loader)
-    for _ in range(5):  # 4 images per rank, 2 batches a pass
-        image, label = it.next()
-    ray.train.report({"epoch": it.epoch, "sampler": type(loader.sampler).__name__, "shape": list(image.shape),
-                      "label_shape": list(label.shape)})
-
-
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_loader_under_ray_train_prepare_data_loader(ray_session, tmp_path):
+    """Two Ray Train workers prepare our loader as the search does and draw across passes."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    trainer = TorchTrainer(_ray_train_fn, scaling_config=ScalingConfig(num_workers=2),
+    def train_fn() -> None:  # nested, so Ray pickles it by value (workers cannot import this test module)
+        import ray.train
+        import ray.train.torch
+
+        from orchestrator.data import InfiniteLoader, load_dataset, make_loader
+
+        ds = load_dataset("synthetic", None, "train", train=True, crop_size=32, size=8)
+        loader = ray.train.torch.prepare_data_loader(make_loader(ds, 2, shuffle=True, num_workers=1, seed=0,
+                                                                 drop_last=True))
+        it = InfiniteLoader(loader)
+        for _ in range(5):  # 4 images per rank, 2 batches a pass
+            image, label = it.next()
+        # Train V2 keeps reported metrics only with checkpoints, so check here: a failure fails fit().
+        assert it.epoch == 2 and type(loader.sampler).__name__ == "DistributedSampler", (it.epoch, loader.sampler)
+        assert image.shape == (2, 3, 32, 32) and label.shape == (2, 32, 32) and label.dtype == torch.int64
+
+    trainer = TorchTrainer(train_fn, scaling_config=ScalingConfig(num_workers=2),
                            run_config=RunConfig(storage_path=str(tmp_path), name="data-loader"))
-    metrics = trainer.fit().metrics
-    assert metrics == {"epoch": 2, "sampler": "DistributedSampler", "shape": [2, 3, 32, 32], "label_shape": [2, 32, 32]}
+    trainer.fit()

@@ -6,8 +6,9 @@ three numbers (not on the worker process or on what was drawn before). The class
 - ``stripes_h`` / ``stripes_v``: large regions of a second texture under bands of period 12-20 px; they
   differ only in the bands' orientation, seen over a window of a period or more (receptive field).
 - ``blob``: large smooth regions in a warm or a cool colour (the large-object end).
-- ``marker_warm`` / ``marker_cool``: identical square markers on a plain grey halo of radius 9-16 px inside a
-  blob; the class is the colour family of the blob beyond the halo (context).
+- ``marker_warm`` / ``marker_cool``: identical square markers (side 7-11 px) on a plain grey halo reaching
+  0.10-0.16 of the image side beyond them, inside a blob; the class is the colour family of the blob beyond
+  the halo (context). Every image has a warm and a cool blob, so the image as a whole does not tell.
 - ``dot``: discs of radius 2-4 px, among look-alike rings; ``curve``: 1-2 px curves that wiggle with a period
   of 10-18 px, among straight look-alike lines (small and thin: they need a high-resolution path).
 - ``background``: one of scikit-image's bundled textures (brick, grass, gravel), tinted; brick's mortar lines
@@ -135,7 +136,7 @@ def _markers(rng: np.random.Generator, image, label, size: int, blobs) -> None:
     yy, xx = _grid(size)
     for _ in range(rng.integers(2, 5)):
         half = int(rng.integers(3, 6))
-        halo = half + float(rng.uniform(10, 15))
+        halo = half + size * float(rng.uniform(0.1, 0.16))
         for _try in range(10):
             mask, marker = blobs[rng.integers(len(blobs))]
             inside = np.flatnonzero(mask & (label == BLOB))
