@@ -70,11 +70,12 @@ class Node(nn.Module):
         s1, p = torch.stack(paths, dim=1), torch.stack(list(probs.values()))
         if not checkpointed:
             return self.cell(s0, s1, weights, p)
-        calls = []  # the recomputation in backward must not update the running statistics a second time
+        calls = 0  # the recomputation in backward must not update the running statistics a second time
 
         def run(s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            calls.append(None)
-            return self.cell(s0, s1, weights, p, update_stats=len(calls) == 1)
+            nonlocal calls
+            calls += 1
+            return self.cell(s0, s1, weights, p, update_stats=calls == 1)
 
         return checkpoint(run, s0, s1, weights, p, use_reentrant=False, preserve_rng_state=False)
 

@@ -117,3 +117,15 @@ def test_arch_step_gradients_match_reference():
     for p, q in zip(fast.arch_parameters(), ref.arch_parameters(), strict=True):
         _close(p.grad, q.grad, 1e-9, "arch grad")
     assert all(p.grad is None for p in fast.weight_parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", OP_FAMILIES)
+def test_batched_forward_matches_reference_on_cuda(family):
+    fast, ref = _pair(family, 2)
+    fast.cuda()
+    x = torch.randn(2, 3, 33, 27, dtype=torch.float64)
+    cotangent = torch.randn(2, 4, 33, 27, dtype=torch.float64)
+    y_fast = _step(fast, x.cuda(), cotangent.cuda(), False).cpu()
+    y_ref = _step(ref, x, cotangent, True)
+    _assert_same(fast.cpu(), ref, y_fast, y_ref, rtol=1e-7)
