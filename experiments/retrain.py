@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         storage = args.storage_path or cfg.storage_path
         from orchestrator.preflight import check_retrain_data
         from orchestrator.retrain import run_retrain
-        from orchestrator.run_search import check_resources, run_dir
+        from orchestrator.run_search import check_diverged, check_resources, run_dir
 
         check_retrain_data(cfg)
         check_resumable(run_dir(storage, name), genotype)
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_retrain(cfg, genotype, storage, name)
         if result.error:
             raise result.error
+        check_diverged(run_dir(storage, name), (result.metrics or {}).get("epoch", 0))
     metrics = result.metrics or {}
     directory = os.path.join(str(Path(storage).resolve()) if "://" not in storage else storage, name)
     print(f"\nrun folder:  {directory}")

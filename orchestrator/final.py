@@ -9,6 +9,7 @@ trellis), ``final/cell.png``, ``final/summary.json``; the retrain run (checkpoin
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -51,15 +52,21 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
                           extra: dict[str, Any]) -> dict[str, Any]:
     """Retrain ``genotype`` with ``cfg.retrain`` and write ``summary.json``; returns the summary."""
     from orchestrator.retrain import run_retrain
+    from orchestrator.run_search import read_epochs
 
     start = time.time()
     result = run_retrain(cfg, genotype, storage_path=final_dir, name="retrain")
     metrics = result.metrics or {}
+    records = read_epochs(os.path.join(final_dir, "retrain"))
+    if records and records[-1].get("diverged") and records[-1]["epoch"] > (metrics.get("epoch") or 0):
+        metrics = {**metrics, "diverged": True, "stop_reason": records[-1].get("stop_reason")}
     summary = {
         **extra,
         "genotype": genotype.to_dict(),
         "retrain": {
-            "val_miou": metrics.get("val_miou"),
+            "val_miou": _finite_or_none(metrics.get("val_miou")),
+            "diverged": bool(metrics.get("diverged", False)),
+            "stop_reason": metrics.get("stop_reason"),
             "per_class_iou": metrics.get("per_class_iou"),
             "classes": metrics.get("classes"),
             "epochs": metrics.get("epoch"),
@@ -73,6 +80,10 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
     }
     write_json(Path(final_dir) / "summary.json", summary)
     return summary
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 @ray.remote(num_cpus=0.1)

@@ -10,8 +10,10 @@ Loop config: ``{"config": <config dict>, "genotype": <genotype dict>, "run_dir":
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import warnings
 from typing import Any
 
 import ray.train
@@ -21,11 +23,12 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from orchestrator import checkpointing as ckpt
+from orchestrator.atomic import write_json
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.data import load_dataset, make_loader
 from orchestrator.metrics import iou_from_confusion, nan_to_none, pixel_accuracy
 from orchestrator.run_search import run_dir, torch_trainer
-from orchestrator.search_loop import _autocast, _inputs, evaluate, report, setup_process
+from orchestrator.search_loop import EPOCHS_DIR, _all_reduce, _autocast, _inputs, evaluate, report, say, setup_process
 from search_space import DiscreteNet, Genotype
 
 
@@ -56,6 +59,33 @@ def _loaders(cfg: ExperimentConfig, rank: int, world: int):
             ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False), train)
 
 
+def _resume(net: nn.Module, optimizer: torch.optim.Optimizer, genotype: Genotype, rank: int) -> tuple[int, frozenset]:
+    """Load the newest checkpoint that verifies (a corrupt latest one is skipped with a warning, as in the
+    search); returns the epoch to start from and the checkpoint names not to report into after a fallback."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, frozenset()
+    skipped: list[str] = []
+
+    def warn(message: str) -> None:
+        skipped.append(message)
+        if rank == 0:
+            warnings.warn(message, stacklevel=2)
+            say(f"WARNING: {message}")
+
+    state, used = ckpt.read_newest_valid(checkpoint, warn)
+    if state.get("genotype") != genotype.to_dict():
+        raise ckpt.CheckpointError(f"checkpoint {used.path} retrains another genotype")
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    ckpt.set_rng_state(state["rng"])
+    taken = frozenset()
+    if skipped:
+        taken = frozenset({os.path.basename(c.path) for c in ckpt.sibling_checkpoints(used)}
+                          | {os.path.basename(used.path)})
+    return int(state["epoch"]), taken
+
+
 def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_from_dict(loop_config["config"], "retrain loop config")
     genotype = Genotype.from_dict(loop_config["genotype"], "retrain genotype")
@@ -66,17 +96,7 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     net = build_retrain_model(cfg, genotype, train_ds.num_classes)
     r = cfg.retrain
     optimizer = torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = ckpt.read_checkpoint_dir(directory)
-        if state.get("genotype") != genotype.to_dict():
-            raise ckpt.CheckpointError(f"checkpoint {checkpoint.path} retrains another genotype")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
+    start_epoch, taken = _resume(net, optimizer, genotype, rank)
     model = ray.train.torch.prepare_model(net)
     device = ray.train.torch.get_device()
     criterion = nn.CrossEntropyLoss(ignore_index=train_ds.ignore_index)
@@ -85,7 +105,7 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, r.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        t0, loss_sum, images = time.time(), 0.0, 0
+        t0, loss_sum, images = time.time(), torch.zeros(1, dtype=torch.float64), 0
         for i, (x, y) in enumerate(train_loader):
             lr = poly_lr(epoch * len(train_loader) + i, total, r.lr, r.poly_power)
             for group in optimizer.param_groups:
@@ -96,23 +116,50 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
             loss = criterion(logits.float(), y)
             loss.backward()
             optimizer.step()
-            loss_sum, images = loss_sum + float(loss), images + x.shape[0]
+            loss_sum, images = loss_sum + loss.detach().double().cpu(), images + x.shape[0]
         seconds = time.time() - t0
+        train_loss = float(_all_reduce(loss_sum)[0]) / world / max(len(train_loader), 1)
+        if not math.isfinite(train_loss):
+            _stop_diverged(loop_config, epoch + 1, train_loss, lr, seconds, rank)
+            break
         ev = evaluate(net, val_loader, train_ds.num_classes, train_ds.ignore_index, cfg, device)
         per_class, miou = iou_from_confusion(ev["cm"])
         metrics = {"epoch": epoch + 1, "val_miou": miou, "val_loss": ev["loss"], "pixel_accuracy":
                    pixel_accuracy(ev["cm"]), "per_class_iou": nan_to_none(per_class),
-                   "classes": list(train_ds.classes), "train_loss": loss_sum / max(len(train_loader), 1),
-                   "lr": lr, "epoch_seconds": seconds, "images_per_second": images * world / max(seconds, 1e-9)}
+                   "classes": list(train_ds.classes), "train_loss": train_loss, "lr": lr, "epoch_seconds": seconds,
+                   "images_per_second": images * world / max(seconds, 1e-9), "diverged": False, "stop_reason": None}
         _log(writer, metrics, list(train_ds.classes))
+        _record(loop_config, metrics, rank)
         state = None
         if rank == 0:
             state = {"format_version": ckpt.FORMAT_VERSION, "model": net.state_dict(),
                      "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": (epoch + 1) * len(train_loader),
                      "genotype": genotype.to_dict(), "rng": ckpt.rng_state(), "config": config_to_dict(cfg)}
-        report(metrics, state, epoch + 1)
+        report(metrics, state, epoch + 1, taken)
     if writer is not None:
         writer.close()
+
+
+def _record(loop_config: dict[str, Any], metrics: dict[str, Any], rank: int) -> None:
+    """Rank 0's own record of an epoch, ``<run_dir>/epochs/epoch-<k>.json``, as the search writes (Ray keeps
+    the metrics of checkpointed reports only, so a diverged epoch is known from here)."""
+    if rank == 0 and loop_config.get("run_dir"):
+        write_json(os.path.join(loop_config["run_dir"], EPOCHS_DIR, f"epoch-{metrics['epoch']:04d}.json"), metrics)
+
+
+def _stop_diverged(loop_config: dict[str, Any], epoch: int, train_loss: float, lr: float, seconds: float,
+                   rank: int) -> None:
+    """Report a retrain whose loss turned NaN or infinite, without a checkpoint (the last healthy one stays the
+    latest), and end it: raising would make Ray retry a deterministic failure ``runtime.max_failures`` times."""
+    reason = (f"retrain diverged in epoch {epoch}: train_loss={train_loss:g}. Lower retrain.lr; the last "
+              "checkpoint is from before this epoch")
+    if rank == 0:
+        say(f"STOPPED: {reason}")
+    nan = float("nan")
+    metrics = {"epoch": epoch, "val_miou": nan, "val_loss": nan, "train_loss": train_loss, "lr": lr,
+               "epoch_seconds": seconds, "diverged": True, "stop_reason": reason}
+    _record(loop_config, metrics, rank)
+    report(metrics, None, epoch)
 
 
 def _writer(loop_config: dict[str, Any], rank: int):

@@ -29,7 +29,7 @@ class ResourceError(RuntimeError):
 
 
 class DivergedError(RuntimeError):
-    """The search's losses or architecture parameters became NaN or infinite; the message says when and why."""
+    """A search or retrain loss (or alpha/beta) became NaN or infinite; the message says when and why."""
 
 
 def _is_local(path: str) -> bool:
@@ -181,4 +181,4 @@ def check_diverged(directory: str, checkpointed_epoch: int = 0) -> None:
         return
     epochs = read_epochs(directory)
     if epochs and epochs[-1].get("diverged") and epochs[-1]["epoch"] > checkpointed_epoch:
-        raise DivergedError(f"the search in {directory} stopped: {epochs[-1].get('stop_reason')}")
+        raise DivergedError(f"the run in {directory} stopped: {epochs[-1].get('stop_reason')}")

@@ -32,7 +32,7 @@ from local_cluster import alive, cluster_env, raylet_hosting
 
 from orchestrator import atomic
 from orchestrator import checkpointing as ckpt
-from orchestrator.config import config_from_dict, load_config, save_config, with_overrides
+from orchestrator.config import config_from_dict, config_to_dict, load_config, save_config, with_overrides
 from orchestrator.records import RECORDS_FILE, read_records, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +147,25 @@ def test_divergence_is_detected_from_losses_and_architecture_parameters():
     metrics = diverged_metrics(cfg, 3, 6, torch.tensor([float("nan"), 0.0]), 2, False, (0.1, 0.003), 1.5, reason)
     assert metrics["diverged"] and metrics["stop_reason"] == reason and math.isnan(metrics["val_miou"])
     assert math.isnan(metrics["val_pixel_acc"])  # Tune's metric is present in the last report, as NaN
+
+
+def test_a_diverging_retrain_stops_with_its_reason_and_keeps_no_checkpoint_of_it(tiny_settings, tmp_path: Path):
+    """The real retrain loop in Ray Train's local mode (the loop in this process, no cluster needed)."""
+    from orchestrator.retrain import retrain_fn_per_worker
+    from orchestrator.run_search import DivergedError, check_diverged, torch_trainer
+    from search_space.genotypes import AUTODEEPLAB
+
+    cfg = config_from_dict({**tiny_settings, "retrain": {"epochs": 2, "crop_size": 32, "batch_size": 2,
+                                                         "filter_multiplier": 2, "lr": 1e30}})
+    directory = tmp_path / "retrain"
+    loop_config = {"config": config_to_dict(cfg), "genotype": AUTODEEPLAB.to_dict(), "run_dir": str(directory)}
+    result = torch_trainer(retrain_fn_per_worker, loop_config, cfg, str(directory), 0).fit()
+    assert result.checkpoint is None  # the diverged epoch wrote none
+    record = json.loads((directory / "epochs" / "epoch-0001.json").read_text())
+    assert record["diverged"] and record["stop_reason"].startswith("retrain diverged in epoch 1: train_loss=")
+    assert not (directory / "epochs" / "epoch-0002.json").exists()  # it stopped there
+    with pytest.raises(DivergedError, match="retrain.lr"):
+        check_diverged(str(directory))
 
 
 def fake_result(trial_id: str, metrics: dict | None, error: Exception | None = None, **config):
