@@ -4,6 +4,8 @@
 Stem (64, 64, 128; strides 2, 1, 2), then one cell per layer along the genotype's path, a DeepLabv3+ ASPP
 (rates (1, 2, 3) * 96 / s at the last cell's rate s: 6, 12, 18 at rate 16) and the DeepLabv3+ decoder on the
 last rate-4 cell's output (the stem's when the path never stays at rate 4), logits upsampled to the input.
+With ``head="search"`` the ASPP and decoder are replaced by the search head of the last cell's rate (the
+3-branch `SearchASPP` with rate 96/s, no decoder): the single-path network the supernet scores during search.
 
 Cell rules from the authors' code: H^{l-1} passes ReLU-1x1 conv-BN to the block width F * 2^level; H^{l-2}
 is bilinearly resized to H^{l-1}'s size when it differs and projected the same way when its width differs.
@@ -18,10 +20,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from search_space.genotypes import AUTODEEPLAB, RATES, VARIANTS, Block, Genotype
-from search_space.heads import DeepLabASPP, DeepLabDecoder
+from search_space.heads import DeepLabASPP, DeepLabDecoder, SearchASPP
 from search_space.operations import OPS, ReLUConvBN, check_family
 from search_space.stem import Stem, level_sizes
 from search_space.supernet import resize
+
+HEADS = ("deeplabv3+", "search")
+"""`DiscreteNet` heads: the retrain network's ASPP and decoder, or the search head of the supernet."""
 
 
 class DiscreteCell(nn.Module):
@@ -60,12 +65,18 @@ class DiscreteNet(nn.Module):
         ops: op family, "paper" or "darts".
         stem_channels: filters of the three stem convs.
         aspp_channels: width of ASPP and decoder.
+        head: "deeplabv3+" (the retrain network: DeepLabv3+ ASPP and decoder) or "search" (the supernet's
+            search head at the last cell's rate, `SearchASPP` with rate 96/s and no decoder: the single-path
+            network the supernet scores during search; ``aspp_channels`` is then unused).
     """
 
     def __init__(self, genotype: Genotype, num_classes: int, filter_multiplier: int = 20, ops: str = "paper",
-                 stem_channels: tuple[int, int, int] = (64, 64, 128), aspp_channels: int = 256):
+                 stem_channels: tuple[int, int, int] = (64, 64, 128), aspp_channels: int = 256,
+                 head: str = "deeplabv3+"):
         super().__init__()
-        self.genotype, self.num_classes = genotype, num_classes
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}: expected one of {', '.join(HEADS)}")
+        self.genotype, self.num_classes, self.head = genotype, num_classes, head
         check_family(ops)
         self.stem = Stem(stem_channels)
         blocks = genotype.blocks
@@ -79,8 +90,11 @@ class DiscreteNet(nn.Module):
             c_pp, c_prev, prev_level = c_prev, blocks * width, level
             if level == 0:
                 self.low_index = i
-        c_low = stem_channels[2] if self.low_index < 0 else blocks * filter_multiplier
         rate = 96 // RATES[genotype.path[-1]]
+        if head == "search":
+            self.search_head = SearchASPP(c_prev, num_classes, rate)
+            return
+        c_low = stem_channels[2] if self.low_index < 0 else blocks * filter_multiplier
         self.aspp = DeepLabASPP(c_prev, (rate, 2 * rate, 3 * rate), aspp_channels)
         self.decoder = DeepLabDecoder(c_low, aspp_channels, num_classes, aspp_channels)
 
@@ -95,7 +109,7 @@ class DiscreteNet(nn.Module):
             prev_level = level
             if i == self.low_index:
                 low = prev
-        logits = self.decoder(self.aspp(prev), low)
+        logits = self.search_head(prev) if self.head == "search" else self.decoder(self.aspp(prev), low)
         return resize(logits, tuple(x.shape[2:]))
 
 

@@ -259,6 +259,22 @@ def test_discrete_net_any_legal_path(path):
     _check_grads(model)
 
 
+@pytest.mark.parametrize("path", [(0, 0, 1, 1), (0, 1, 2, 3)])
+def test_discrete_net_search_head(path):
+    """The single-path network the supernet scores: SearchASPP at the last rate, no decoder."""
+    torch.manual_seed(0)
+    genotype = Genotype(cell=AUTODEEPLAB.cell[:2], path=path)
+    model = DiscreteNet(genotype, 3, filter_multiplier=2, stem_channels=(8, 8, 16), head="search")
+    assert not hasattr(model, "decoder")
+    assert model.search_head.branches[1][0].dilation == (96 // 2 ** (path[-1] + 2),) * 2
+    y = model(torch.randn(2, 3, 33, 40))
+    assert y.shape == (2, 3, 33, 40)
+    y.mean().backward()
+    _check_grads(model)
+    with pytest.raises(ValueError, match="unknown head"):
+        DiscreteNet(genotype, 3, filter_multiplier=2, stem_channels=(8, 8, 16), head="fcn")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant, params", [("S", 10.15), ("M", 21.62), ("L", 44.42)])
 def test_published_variants_match_paper_params(variant, params):
