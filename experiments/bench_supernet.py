@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed weight+arch steps first")
     p.add_argument("--steps", type=int, default=3, help="timed weight+arch steps per process")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute each node in backward")
+    p.add_argument("--checkpoint-levels", default="", help="recompute the nodes of these levels, e.g. 0 or 0,1")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -121,6 +122,8 @@ def build(args: argparse.Namespace):
     from search_space import SuperNet
 
     kwargs = {"checkpoint_cells": True} if args.checkpoint_cells else {}
+    if args.checkpoint_levels:
+        kwargs = {"checkpoint_cells": [int(v) for v in args.checkpoint_levels.split(",")]}
     net = SuperNet(args.classes, layers=args.layers, blocks=args.blocks, filter_multiplier=args.filter_multiplier,
                    ops=args.ops, **kwargs)
     if args.impl == "reference":
@@ -213,6 +216,7 @@ def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: lis
         "variant": label,
         "config": {k: getattr(args, k) for k in ("layers", "blocks", "filter_multiplier", "crop", "batch",
                                                   "classes", "ops", "device", "threads", "checkpoint_cells",
+                                                  "checkpoint_levels",
                                                   "channels_last", "amp", "compile", "impl", "rev")},
         "torch": __import__("torch").__version__,
         "processes": len(runs), "steps": len(w),

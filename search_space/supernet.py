@@ -13,11 +13,14 @@ Only reachable nodes are built. Alpha and beta are registered parameters kept ap
 
 `forward` runs each node's cell batched over its paths, edges and ops (`cell_search.SearchCell.forward`);
 `forward_reference` is the plain per-path, per-edge forward with the same math on the same weights, kept
-for tests and FLOP counting. ``checkpoint_cells`` recomputes each cell in backward instead of keeping its
-activations (memory for time).
+for tests and FLOP counting. ``checkpoint_cells`` recomputes the cells of chosen levels in backward instead of
+keeping their activations (memory for time). Activation memory per node halves with each level down (channels
+double, pixels quarter), so level 0 (stride 4) alone holds about half of it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -37,6 +40,16 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def checkpoint_level_set(checkpoint_cells: bool | Iterable[int]) -> frozenset[int]:
+    """The levels whose cells are recomputed in backward: all for True, none for False, else those given."""
+    if isinstance(checkpoint_cells, bool):
+        return frozenset(range(NUM_LEVELS)) if checkpoint_cells else frozenset()
+    levels = frozenset(int(v) for v in checkpoint_cells)
+    if not levels <= set(range(NUM_LEVELS)):
+        raise ValueError(f"checkpoint_cells levels must be in 0..{NUM_LEVELS - 1}, got {sorted(levels)}")
+    return levels
 
 
 def closest_level(available: tuple[int, ...], level: int) -> int:
@@ -99,20 +112,22 @@ class SuperNet(nn.Module):
         filter_multiplier: F; a node at rate s has B * F * s / 4 channels.
         ops: op family, "paper" or "darts" (see `operations`).
         stem_channels: filters of the three stem convs.
-        checkpoint_cells: in training, recompute each cell during backward instead of storing its
-            activations: less memory, about one more forward of time.
+        checkpoint_cells: in training, recompute cells during backward instead of storing their activations:
+            True for every level, or the levels to recompute (0 = stride 4, ..., 3 = stride 32). All levels
+            cost about one more forward of time; level 0 alone about half the activation memory for a third
+            of that time.
     """
 
     def __init__(self, num_classes: int, layers: int = 12, blocks: int = 5, filter_multiplier: int = 8,
                  ops: str = "paper", stem_channels: tuple[int, int, int] = (64, 64, 128),
-                 checkpoint_cells: bool = False):
+                 checkpoint_cells: bool | Iterable[int] = False):
         super().__init__()
         if layers < 1 or blocks < 1 or filter_multiplier < 1 or num_classes < 1:
             raise ValueError("SuperNet needs layers, blocks, filter_multiplier and num_classes >= 1, got "
                              f"{layers}, {blocks}, {filter_multiplier}, {num_classes}")
         self.num_classes, self.layers, self.blocks = num_classes, layers, blocks
         self.filter_multiplier, self.ops = filter_multiplier, check_family(ops)
-        self.checkpoint_cells = checkpoint_cells
+        self.checkpoint_levels = checkpoint_level_set(checkpoint_cells)
         self.stem = Stem(stem_channels)
         self.nodes = nn.ModuleDict()
         self.pp_source: dict[tuple[int, int], int] = {}
@@ -157,7 +172,7 @@ class SuperNet(nn.Module):
         sizes = level_sizes(tuple(rate4.shape[2:]), NUM_LEVELS)
         weights = torch.softmax(self.alpha, dim=-1)
         trans = transition_probs(self.beta)
-        checkpointed = self.checkpoint_cells and self.training and torch.is_grad_enabled() and not reference
+        checkpointing = self.training and torch.is_grad_enabled() and not reference
         prev_prev, prev = {-1: rate2}, {0: rate4}
         for layer in range(1, self.layers + 1):
             cur = {}
@@ -168,6 +183,7 @@ class SuperNet(nn.Module):
                 if reference:
                     cur[level] = node.forward_reference(prev, pp, probs, weights, sizes[level])
                 else:
+                    checkpointed = checkpointing and level in self.checkpoint_levels
                     cur[level] = node(prev, pp, probs, weights, sizes[level], checkpointed)
             prev_prev, prev = prev, cur
         out_size = x.shape[2:]

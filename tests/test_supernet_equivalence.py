@@ -73,13 +73,21 @@ def test_batched_forward_matches_reference_train_then_eval(family, blocks):
     _assert_same(fast, ref, _step(fast, x, cotangent, False), _step(ref, x, cotangent, True))
 
 
-@pytest.mark.parametrize("family", OP_FAMILIES)
-def test_checkpointed_cells_match_reference_and_update_statistics_once(family):
+@pytest.mark.parametrize("family, levels", [(f, True) for f in OP_FAMILIES] + [("darts", [0]), ("paper", [1, 3])])
+def test_checkpointed_cells_match_reference_and_update_statistics_once(family, levels):
     """Also the smallest sizes: at a 32 crop the rate-32 level is 1x1."""
-    fast, ref = _pair(family, 2, checkpoint_cells=True)
+    fast, ref = _pair(family, 2, checkpoint_cells=levels)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     cotangent = torch.randn(2, 4, 32, 32, dtype=torch.float64)
     _assert_same(fast, ref, _step(fast, x, cotangent, False), _step(ref, x, cotangent, True))
+
+
+def test_checkpoint_levels_are_checked():
+    assert SuperNet(4, **TINY, checkpoint_cells=[0, 2]).checkpoint_levels == {0, 2}
+    assert SuperNet(4, **TINY, checkpoint_cells=True).checkpoint_levels == {0, 1, 2, 3}
+    assert not SuperNet(4, **TINY).checkpoint_levels
+    with pytest.raises(ValueError, match="0..3"):
+        SuperNet(4, **TINY, checkpoint_cells=[4])
 
 
 def test_float32_close_to_float64_reference():
