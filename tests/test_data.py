@@ -22,7 +22,7 @@ from orchestrator.data import (
     make_loader,
     search_splits,
 )
-from orchestrator.data.synthetic import CLASSES, generate
+from orchestrator.data.synthetic import CLASSES, MARKER_COOL, MARKER_WARM, generate
 from orchestrator.data.transforms import to_tensors
 
 H, W = 12, 20
@@ -343,6 +343,16 @@ def test_synthetic_covers_every_class():
     assert present.mean(0).min() >= 0.5, present.mean(0)  # every class in most images, rare ones included
     weights = ds.class_weights(samples=8)
     assert weights.shape == (8,) and weights[CLASSES.index("dot")] > weights[CLASSES.index("background")]
+
+
+def test_synthetic_markers_scale_with_the_image():
+    """The context cue sits a fixed fraction of the side from a marker, so markers grow with the image too (a
+    stride-32 map must be able to outline them at 128 px; experiments/arch_sensitivity.py)."""
+    fractions = []
+    for size in (64, 128):
+        labels = np.stack([generate(0, "train", i, size)[1] for i in range(16)])
+        fractions.append(np.isin(labels, [MARKER_WARM, MARKER_COOL]).mean())
+    assert 0.05 < fractions[0] < 0.25 and 0.7 < fractions[1] / fractions[0] < 1.4, fractions
 
 
 def test_synthetic_shapes_sizes_and_speed():

@@ -6,9 +6,13 @@ three numbers (not on the worker process or on what was drawn before). The class
 - ``stripes_h`` / ``stripes_v``: large regions of a second texture under bands of period 12-20 px; they
   differ only in the bands' orientation, seen over a window of a period or more (receptive field).
 - ``blob``: large smooth regions in a warm or a cool colour (the large-object end).
-- ``marker_warm`` / ``marker_cool``: identical square markers (side 7-11 px) on a plain grey halo reaching
-  0.10-0.16 of the image side beyond them, inside a blob; the class is the colour family of the blob beyond
-  the halo (context). Every image has a warm and a cool blob, so the image as a whole does not tell.
+- ``marker_warm`` / ``marker_cool``: identical square markers (side about 0.2-0.26 of the image side: 13-17 px
+  at 64 px, 27-35 px at 128) on a plain grey halo reaching 0.09-0.13 of the side beyond them, inside a blob;
+  the class is the colour family of the blob beyond the halo (context). Every image has a warm and a cool
+  blob, so the image as a whole does not tell. Markers and halo scale with the image, so at any size the
+  marker's centre is a fifth to a quarter of the side from the cue: a stride-4-8 path has too small a receptive
+  field at 128 px, while a stride-32 path sees it and its coarse map can still outline a marker (see
+  experiments/arch_sensitivity.py for the measurement).
 - ``dot``: discs of radius 2-4 px, among look-alike rings; ``curve``: 1-2 px curves that wiggle with a period
   of 10-18 px, among straight look-alike lines (small and thin: they need a high-resolution path).
 - ``background``: one of scikit-image's bundled textures (brick, grass, gravel), tinted; brick's mortar lines
@@ -132,12 +136,14 @@ def _blobs(rng: np.random.Generator, image, label, size: int) -> list[tuple[np.n
 
 def _markers(rng: np.random.Generator, image, label, size: int, blobs) -> None:
     """Two to four identical square markers, each on a neutral grey halo (labelled blob) inside a blob: the
-    blob's colour family, visible only beyond the halo, decides marker_warm or marker_cool."""
+    blob's colour family, visible only beyond the halo, decides marker_warm or marker_cool. Half side 0.10-0.13
+    and halo 0.09-0.13 of the image side: large enough for a stride-32 map to outline, far enough from the
+    colour to need its receptive field. A marker that finds no room in 30 tries is left out."""
     yy, xx = _grid(size)
     for _ in range(rng.integers(2, 5)):
-        half = int(rng.integers(3, 6))
-        halo = half + size * float(rng.uniform(0.1, 0.16))
-        for _try in range(10):
+        half = max(3, round(size * float(rng.uniform(0.1, 0.13))))
+        halo = half + size * float(rng.uniform(0.09, 0.13))
+        for _try in range(30):
             mask, marker = blobs[rng.integers(len(blobs))]
             inside = np.flatnonzero(mask & (label == BLOB))
             if len(inside) == 0:
