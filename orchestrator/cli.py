@@ -16,9 +16,15 @@ import textwrap
 USER_ERROR_EXIT = 2
 
 
+WAITING_CPUS = 1
+"""Logical CPUs a local Ray declares beyond the cores: the Tune trial drivers and the final actor hold 0.1 CPU
+each and only wait for their workers, so on a 2-core laptop a trial of 2 one-CPU workers (2.1 CPUs) must fit."""
+
+
 def connect_ray(address: str | None = None) -> None:
     """Join ``address``, else RAY_ADDRESS or a running local cluster (``ray job submit`` sets RAY_ADDRESS),
-    else start a local Ray whose dashboard listens on 127.0.0.1 only."""
+    else start a local Ray whose dashboard listens on 127.0.0.1 only, with `WAITING_CPUS` more logical CPUs
+    than cores."""
     import ray
 
     if ray.is_initialized():
@@ -29,7 +35,7 @@ def connect_ray(address: str | None = None) -> None:
     try:
         ray.init(address="auto")
     except ConnectionError:
-        ray.init(dashboard_host="127.0.0.1")
+        ray.init(dashboard_host="127.0.0.1", num_cpus=(os.cpu_count() or 1) + WAITING_CPUS)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

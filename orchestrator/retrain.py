@@ -71,7 +71,7 @@ def _resume(net: nn.Module, optimizer: torch.optim.Optimizer, genotype: Genotype
         skipped.append(message)
         if rank == 0:
             warnings.warn(message, stacklevel=2)
-            say(f"WARNING: {message}")
+            say(f"WARNING: {message}", "retrain")
 
     state, used = ckpt.read_newest_valid(checkpoint, warn)
     if state.get("genotype") != genotype.to_dict():
@@ -130,6 +130,9 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
                    "images_per_second": images * world / max(seconds, 1e-9), "diverged": False, "stop_reason": None}
         _log(writer, metrics, list(train_ds.classes))
         _record(loop_config, metrics, rank)
+        if rank == 0:
+            say(f"epoch {epoch + 1}/{r.epochs} train_loss={train_loss:.4f} val_loss={ev['loss']:.4f} "
+                f"val_miou={miou:.4f} {seconds:.1f}s", "retrain")
         state = None
         if rank == 0:
             state = {"format_version": ckpt.FORMAT_VERSION, "model": net.state_dict(),
@@ -154,7 +157,7 @@ def _stop_diverged(loop_config: dict[str, Any], epoch: int, train_loss: float, l
     reason = (f"retrain diverged in epoch {epoch}: train_loss={train_loss:g}. Lower retrain.lr; the last "
               "checkpoint is from before this epoch")
     if rank == 0:
-        say(f"STOPPED: {reason}")
+        say(f"STOPPED: {reason}", "retrain")
     nan = float("nan")
     metrics = {"epoch": epoch, "val_miou": nan, "val_loss": nan, "train_loss": train_loss, "lr": lr,
                "epoch_seconds": seconds, "diverged": True, "stop_reason": reason}

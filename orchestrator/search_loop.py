@@ -80,8 +80,22 @@ checkpoints it keeps; a re-run epoch after a restart replaces its file)."""
 # ---------------------------------------------------------------------------------------------- setup
 
 
+def quiet_report_logs() -> None:
+    """Ray Train 2.x logs every ``ray.train.report`` at INFO with its whole metrics dict (here the full alpha
+    and beta, twice per epoch per worker), which buries the progress lines; keep its warnings only. The logger
+    is named after its file; a Ray without it is left as it is."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def setup_process(cfg: ExperimentConfig, rank: int) -> None:
-    """Threads, seeds (``runtime.seed + rank``) and determinism for this worker process."""
+    """Threads, seeds (``runtime.seed + rank``), determinism and log levels for this worker process."""
+    quiet_report_logs()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     seed = cfg.runtime.seed + rank
     torch.manual_seed(seed)
@@ -449,10 +463,10 @@ def diverged_metrics(cfg: ExperimentConfig, epoch: int, step: int, sums: torch.T
     return metrics
 
 
-def say(message: str) -> None:
+def say(message: str, tag: str = "search") -> None:
     """One progress line on stdout. Not print(): Train V2 patches print to both print and log, so every line
     reached the driver twice."""
-    sys.stdout.write(f"[search] {message}\n")
+    sys.stdout.write(f"[{tag}] {message}\n")
     sys.stdout.flush()
 
 
