@@ -145,3 +145,32 @@ def test_shipped_configs_load_and_validate(path):
     assert cfg.search.warmup_epochs < cfg.search.epochs
     if cfg.tune.scheduler == "asha":
         assert cfg.tune.grace_period <= cfg.search.epochs
+
+
+def test_a_local_ray_fits_the_default_trial_on_this_machine(monkeypatch):
+    """make search on a 2-core machine: a local Ray must hold a trial of the default config (its 2 one-CPU workers
+    plus the trial driver's CPU share), since nothing else is there to join."""
+    import os
+
+    import ray
+
+    from orchestrator import cli
+    from orchestrator.config import load_config
+
+    calls = []
+
+    def fake_init(address=None, **kwargs):
+        calls.append((address, kwargs))
+        if address == "auto":
+            raise ConnectionError("no running cluster")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    cli.connect_ray()
+    (_, started), = [c for c in calls if c[0] is None]
+    assert started["dashboard_host"] == "127.0.0.1"
+    cfg = load_config(CONFIGS / "default.yaml")
+    trial = cfg.tune.trial_cpus + cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    assert started["num_cpus"] >= trial
