@@ -15,6 +15,12 @@ Every measurement runs in a fresh subprocess, so peak resident memory (``ru_maxr
 config. ``--vs ARGS`` adds a variant (the base arguments followed by ARGS); variants run interleaved,
 ``--rounds`` times, because this machine's speed drifts by up to 1.7x between runs of the same config.
 ``--rev REV`` runs the search space of a git revision instead of the working tree (the baseline).
+``--port DIR`` adds the public port itself (a checkout of NoamRosenberg/autodeeplab) as a variant of the
+same rounds: its ``AutoDeeplab`` search model at the same L, B, F, crop and batch, a step being zero grads,
+forward, cross-entropy and backward of every parameter. Two things are switched in its process only, so it
+runs on CPU unmodified: its own non-CUDA batch norm (the branch it takes on Windows instead of the compiled
+InPlaceABN) and ``Tensor.cuda`` as a no-op (its forward moves one tensor to the GPU). It accepts only crops
+near 64k + 1 (65, 129, 321, ...).
 
 FLOPs are counted analytically with forward hooks on every conv (`search_space.summary.count_macs`,
 FLOPs = 2 x MACs) on the plain reference forward, so they are the math of the step, not of any one
@@ -63,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impl", choices=["fast", "reference"], default="fast",
                    help="reference: time the plain per-path forward instead")
     p.add_argument("--rev", default=None, help="git revision whose search_space to run (e.g. e08581b)")
+    p.add_argument("--port", default=None, metavar="DIR",
+                   help="a checkout of NoamRosenberg/autodeeplab: time the public port in the same rounds")
     p.add_argument("--vs", action="append", default=[], metavar="ARGS",
                    help="another variant: the base arguments followed by ARGS; repeatable")
     p.add_argument("--rounds", type=int, default=1, help="fresh processes per variant, interleaved")
@@ -70,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--smoke-test", action="store_true", help="tiny config, one step: seconds")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke_test:
         args.layers, args.blocks, args.filter_multiplier, args.crop, args.classes = 3, 2, 2, 33, 5
@@ -193,6 +202,42 @@ def measure(args: argparse.Namespace) -> dict:
     return out
 
 
+def measure_port(args: argparse.Namespace) -> dict:
+    """Time the public port's search model (checkout ``args.port``) in this process: weight steps only."""
+    import platform
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    platform.system = lambda: "Windows"  # its plain BN + ReLU instead of InPlaceABN, a compiled CUDA extension
+    torch.Tensor.cuda = lambda self, *a, **k: self  # its forward calls .cuda() on one tensor
+    sys.path.insert(0, os.path.abspath(args.port))
+    from auto_deeplab import AutoDeeplab
+
+    criterion = nn.CrossEntropyLoss()
+    net = AutoDeeplab(args.classes, args.layers, criterion, args.filter_multiplier, args.blocks, args.blocks)
+    x = torch.randn(args.batch, 3, args.crop, args.crop)
+    y = torch.randint(0, args.classes, (args.batch, args.crop, args.crop))
+
+    def step() -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        net.zero_grad(set_to_none=True)
+        criterion(net(x), y).backward()
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    for _ in range(args.warmup):
+        step()
+    times = [step() for _ in range(args.steps)]
+    return {"weight_step_s": [t for t, _ in times], "arch_step_s": [],
+            "weight_step_cpu_s": [c for _, c in times],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "rss_after_build_gb": rss_built,
+            "weight_params_m": sum(p.numel() for p in net.weight_parameters()) / 1e6}
+
+
 def child_cmd(base: list[str], extra: list[str]) -> tuple[list[str], dict]:
     """The command and environment that measure one variant in a fresh process."""
     argv = [a for a in base if a != "--json"] + extra
@@ -217,11 +262,11 @@ def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: lis
         "config": {k: getattr(args, k) for k in ("layers", "blocks", "filter_multiplier", "crop", "batch",
                                                   "classes", "ops", "device", "threads", "checkpoint_cells",
                                                   "checkpoint_levels",
-                                                  "channels_last", "amp", "compile", "impl", "rev")},
+                                                  "channels_last", "amp", "compile", "impl", "rev", "port")},
         "torch": __import__("torch").__version__,
         "processes": len(runs), "steps": len(w),
         "weight_step_s": {"median": statistics.median(w), "min": min(w)},
-        "arch_step_s": {"median": statistics.median(a), "min": min(a)},
+        "arch_step_s": {"median": statistics.median(a) if a else None, "min": min(a) if a else None},
         # CPU time of the process: less sensitive than wall time to other processes on a shared machine
         # (with several threads it also counts their spin-waits).
         "weight_step_cpu_s": statistics.median(t for r in runs for t in r["weight_step_cpu_s"]),
@@ -240,19 +285,29 @@ def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: lis
         res["dense_conv_gflops"] = round(statistics.median(dense), 1)
         if "achieved_gflops" in res:
             res["fraction_of_dense"] = round(res["achieved_gflops"] / res["dense_conv_gflops"], 4)
-    port = PORT_CPU.get((args.layers, args.blocks, args.filter_multiplier, args.crop))
-    if port and args.device == "cpu" and args.ops == "darts" and args.batch == 2:
-        res["vs_port"] = {"port_step_s": port[0], "port_peak_rss_gb": port[1],
-                          "step_ratio": round(res["weight_step_s"]["median"] / port[0], 3),
-                          "rss_ratio": round(res["peak_rss_gb"] / port[1], 3)}
     return res
+
+
+def add_vs_port(res: dict, args: argparse.Namespace, port: dict | None) -> None:
+    """Step time and peak memory against the port: measured in this run (``--port``), else PERF_NOTES.md's."""
+    if port is not None:
+        ref = (port["weight_step_s"]["median"], port["peak_rss_gb"], "measured in this run (--port)")
+    elif args.device == "cpu" and args.batch == 2 and args.threads == 2 and \
+            (args.layers, args.blocks, args.filter_multiplier, args.crop) in PORT_CPU:
+        ref = (*PORT_CPU[(args.layers, args.blocks, args.filter_multiplier, args.crop)],
+               "PERF_NOTES.md (another run: this machine's speed varies by up to 2x)")
+    else:
+        return
+    res["vs_port"] = {"port_step_s": ref[0], "port_peak_rss_gb": ref[1], "source": ref[2],
+                      "step_ratio": round(res["weight_step_s"]["median"] / ref[0], 3),
+                      "rss_ratio": round(res["peak_rss_gb"] / ref[1], 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args)))
+        print(json.dumps(measure_port(args) if args.port_child else measure(args)))
         return 0
     base, skip = [], False
     for a in argv:  # the arguments every variant shares: all but --vs and --rounds
@@ -263,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             base.append(a)
     variants = [("base", [])] + [(v, shlex.split(v)) for v in args.vs]
+    if args.port:
+        variants.append(("port", ["--port-child", "--no-flops"]))
     runs: dict[str, list[dict]] = {label: [] for label, _ in variants}
     dense: list[float] = []
     for rnd in range(args.rounds):
@@ -280,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {rnd} {label}: weight step {statistics.median(w):.3f} s, "
                       f"peak RSS {runs[label][-1]['peak_rss_gb']:.2f} GB", file=sys.stderr)
     results = [summarize(label, parse_args(base + extra), runs[label], dense) for label, extra in variants]
+    port = results[-1] if args.port else None
+    if port is not None:
+        port["config"].update(ops="darts", impl="public port", checkpoint_levels="", rev=None)
+    for r in results:
+        if r is not port and r["config"]["ops"] == "darts":
+            add_vs_port(r, args, port)
     if len(results) == 1:
         out = results[0]
     else:
