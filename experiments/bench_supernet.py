@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed weight+arch steps per process")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute each node in backward")
     p.add_argument("--checkpoint-levels", default="", help="recompute the nodes of these levels, e.g. 0 or 0,1")
+    p.add_argument("--store-units", action="store_true",
+                   help="separable units store their activations instead of recomputing them in backward")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -133,6 +135,8 @@ def build(args: argparse.Namespace):
     kwargs = {"checkpoint_cells": True} if args.checkpoint_cells else {}
     if args.checkpoint_levels:
         kwargs = {"checkpoint_cells": [int(v) for v in args.checkpoint_levels.split(",")]}
+    if args.store_units:
+        kwargs["recompute_units"] = False
     net = SuperNet(args.classes, layers=args.layers, blocks=args.blocks, filter_multiplier=args.filter_multiplier,
                    ops=args.ops, **kwargs)
     if args.impl == "reference":
@@ -261,7 +265,7 @@ def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: lis
         "variant": label,
         "config": {k: getattr(args, k) for k in ("layers", "blocks", "filter_multiplier", "crop", "batch",
                                                   "classes", "ops", "device", "threads", "checkpoint_cells",
-                                                  "checkpoint_levels",
+                                                  "checkpoint_levels", "store_units",
                                                   "channels_last", "amp", "compile", "impl", "rev", "port")},
         "torch": __import__("torch").__version__,
         "processes": len(runs), "steps": len(w),
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [summarize(label, parse_args(base + extra), runs[label], dense) for label, extra in variants]
     port = results[-1] if args.port else None
     if port is not None:
-        port["config"].update(ops="darts", impl="public port", checkpoint_levels="", rev=None)
+        port["config"].update(ops="darts", impl="public port", checkpoint_levels="", store_units=False, rev=None)
     for r in results:
         if r is not port and r["config"]["ops"] == "darts":
             add_vs_port(r, args, port)

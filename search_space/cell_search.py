@@ -335,6 +335,7 @@ class SearchCell(nn.Module):
         self._order = [e for src in self.sources for e in src]  # edges grouped by source
         self.register_buffer("order", torch.tensor(self._order), persistent=False)
         self._folds: dict = {}
+        self.recompute_units = True  # see `SuperNet`
         self.plan = fast_plan(self.edges[0])
         if self.plan is not None:
             self._calls = self._make_calls()
@@ -538,7 +539,8 @@ class SearchCell(nn.Module):
         m, c = len(call.ops), self.channels
         dw = packed[0][edges.start * m * c:edges.stop * m * c].view(-1, 1, call.kernel, call.kernel)
         pw = packed[1][edges.start * m:edges.stop * m]
-        if self.training and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
+        if self.recompute_units and self.training and torch.is_grad_enabled() and \
+                not torch.is_autocast_enabled(x.device.type):
             a, b = chunk
             return _SeparableBN.apply(x, dw, pw, _expand_scale(scale, groups, pw.shape[0], c), call.dilation,
                                       groups, tmp[0, a:b], tmp[1, a:b], self.plan.eps)

@@ -102,6 +102,7 @@ def test_unknown_override_key_is_refused(tmp_path: Path):
     ({"runtime": {"checkpoint_levels": [0, 4]}}, "runtime.checkpoint_levels"),
     ({"runtime": {"checkpoint_levels": [1, 1]}}, "runtime.checkpoint_levels"),
     ({"runtime": {"checkpoint_levels": True}}, "runtime.checkpoint_levels"),
+    ({"runtime": {"recompute_units": "yes"}}, "runtime.recompute_units"),
     ({"tune": {"mode": "best"}}, "tune.mode"),
     ({"tune": {"trial_cpus": 0}}, "tune.trial_cpus"),
     ({"tune": {"param_space": {"search.arch_lr": {"loguniform": [0, 1]}}}}, "tune.param_space.search.arch_lr"),
