@@ -118,8 +118,8 @@ class SuperNet(nn.Module):
             of that time.
         recompute_units: in training, the batched cells' depthwise-pointwise-BN units store only their input
             and recompute the rest in backward (`cell_search._SeparableBN`): at L=12, F=8, crop 129, batch 2
-            on CPU, 0.75 GB less peak memory for about one more depthwise conv per unit in backward (arch steps
-            ~35% slower, weight steps ~5%). False stores the depthwise outputs and BN inputs instead.
+            on CPU, 0.75 GB less peak memory for one more depthwise conv and matmul per unit in backward (steps
+            5-10% slower). False stores the depthwise outputs and BN inputs instead.
     """
 
     def __init__(self, num_classes: int, layers: int = 12, blocks: int = 5, filter_multiplier: int = 8,
