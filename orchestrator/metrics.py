@@ -1,4 +1,5 @@
-"""Segmentation and architecture metrics: confusion-matrix mIoU, entropies of alpha and beta, class weights.
+"""Segmentation and architecture metrics: confusion-matrix mIoU, entropies of alpha and beta, class weights,
+parameter-free ops of a genotype.
 
 The confusion matrix is the one sufficient statistic for mIoU: workers each accumulate theirs over their shard
 of the validation set, the matrices are summed across workers (an all-reduce of integers, exact), and every
@@ -12,6 +13,8 @@ import math
 
 import torch
 
+from search_space.genotypes import Genotype
+from search_space.operations import PARAMETER_FREE
 from search_space.trellis import beta_mask, transition_probs
 
 
@@ -63,11 +66,33 @@ def alpha_entropy(alpha: torch.Tensor) -> float:
     return float(_entropy(torch.softmax(alpha.detach().double().cpu(), dim=-1)).mean())
 
 
+def _node_entropies(beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[L, 4]`` entropy (nats) of each node's outgoing transition distribution, and the mask of reachable
+    nodes (the others have no edges and entropy 0)."""
+    beta = beta.detach().double().cpu()
+    return _entropy(transition_probs(beta)), beta_mask(beta.shape[0]).any(-1)
+
+
 def beta_entropy(beta: torch.Tensor) -> float:
     """Mean entropy (nats) of the outgoing transition distribution of every reachable trellis node."""
-    beta = beta.detach().double().cpu()
-    rows = beta_mask(beta.shape[0]).any(-1)
-    return float(_entropy(transition_probs(beta))[rows].mean())
+    entropy, reachable = _node_entropies(beta)
+    return float(entropy[reachable].mean())
+
+
+def beta_entropy_per_layer(beta: torch.Tensor) -> list[float]:
+    """Per row of beta, the mean entropy (nats) of the outgoing transitions of that layer's reachable nodes.
+
+    Entry l is the choice made leaving layer l (0: the stem, one node with two edges, at most ln 2), so a
+    layer whose entry falls to 0 has settled where its path goes next.
+    """
+    entropy, reachable = _node_entropies(beta)
+    return [float(row[mask].mean()) for row, mask in zip(entropy, reachable, strict=True)]
+
+
+def param_free_ops(genotype: Genotype) -> int:
+    """How many of the cell's ops have no weights (`PARAMETER_FREE`: pooling and skip). Many of them is the
+    known failure of differentiable search (DARTS collapse), so a rising count is a warning sign."""
+    return sum(op in PARAMETER_FREE for block in genotype.cell for op, _ in block)
 
 
 def class_weights_from_counts(counts: torch.Tensor, c: float = 1.02) -> torch.Tensor:

@@ -59,9 +59,11 @@ from orchestrator.data import DataError, InfiniteLoader, load_dataset, make_load
 from orchestrator.metrics import (
     alpha_entropy,
     beta_entropy,
+    beta_entropy_per_layer,
     class_weights_from_counts,
     confusion_matrix,
     iou_from_confusion,
+    param_free_ops,
     pixel_accuracy,
 )
 from search_space import SuperNet
@@ -416,6 +418,9 @@ def epoch_metrics(net: SuperNet, epoch: int, step: int, sums: torch.Tensor, eval
         "path": list(genotype.path),
         "alpha_entropy": alpha_entropy(alpha),
         "beta_entropy": beta_entropy(beta),
+        "beta_entropy_per_layer": beta_entropy_per_layer(beta),  # entry l: the choice leaving layer l (0: stem)
+        "param_free_ops": param_free_ops(genotype),  # pooling/skip ops in the decoded cell: collapse warning
+        "path_depth": max(genotype.path),  # deepest level of the decoded path (3: rate 32)
         "alpha_delta": float((alpha - start[0]).abs().max()),
         "beta_delta": float((beta - start[1]).abs().max()),
         "lr": lrs[0],

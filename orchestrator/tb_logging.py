@@ -112,6 +112,7 @@ class SearchBoard:
             "val/miou": "val_miou", "val/pixel_acc": "val_pixel_acc",
             "lr/weights": "lr", "lr/arch": "arch_lr",
             "arch/alpha_entropy": "alpha_entropy", "arch/beta_entropy": "beta_entropy",
+            "arch/param_free_ops": "param_free_ops", "arch/path_depth": "path_depth",
             "arch/alpha_delta": "alpha_delta", "arch/beta_delta": "beta_delta",
             "arch/genotype_changed": "genotype_changed",
             "perf/epoch_seconds": "epoch_seconds", "perf/images_per_second": "images_per_second",
@@ -120,6 +121,9 @@ class SearchBoard:
             value = metrics.get(key)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self.writer.add_scalar(tag, float(value), epoch)
+        for layer, entropy in enumerate(metrics.get("beta_entropy_per_layer", [])):
+            if entropy is not None and not math.isnan(entropy):
+                self.writer.add_scalar(f"arch/beta_entropy_layer{layer}", entropy, epoch)
         for name, iou in zip(self.class_names, metrics.get("per_class_iou", []), strict=False):
             if not math.isnan(iou):
                 self.writer.add_scalar(f"iou/{name}", iou, epoch)

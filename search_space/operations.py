@@ -32,6 +32,9 @@ PRIMITIVES: tuple[str, ...] = (
 )
 """Op names, in alpha's column order. ``none`` is the zero op; ``dil_conv`` is the paper's atrous conv."""
 
+PARAMETER_FREE: tuple[str, ...] = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")
+"""The non-zero ops without weights (at stride 1: a stride-2 skip is a factorized reduction, with weights)."""
+
 OP_FAMILIES: tuple[str, ...] = ("paper", "darts")
 
 
