@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from orchestrator.atomic import write_json
-from orchestrator.config import SEARCH_SPACE_KEYS
+from orchestrator.config import SEARCH_SPACE_KEY_DEFAULTS, SEARCH_SPACE_KEYS
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -164,7 +164,7 @@ def read_newest_valid(checkpoint: Any, warn: Callable[[str], None],
 def check_compatible(state: dict[str, Any], search_space: dict[str, Any], num_classes: int,
                      source: str = "checkpoint") -> None:
     """Refuse a checkpoint whose supernet shape (L, B, F, ops, stem, classes) differs from the config's."""
-    saved = dict(state.get("search_space", {}))
+    saved = {**SEARCH_SPACE_KEY_DEFAULTS, **state.get("search_space", {})}
     want = {**{k: search_space[k] for k in SEARCH_SPACE_KEYS}, "num_classes": num_classes}
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v]
     if diffs:

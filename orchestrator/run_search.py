@@ -20,7 +20,13 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.checkpointing import MANIFEST_FILE, CheckpointError
-from orchestrator.config import ExperimentConfig, config_to_dict, save_config, search_space_of
+from orchestrator.config import (
+    SEARCH_SPACE_KEY_DEFAULTS,
+    ExperimentConfig,
+    config_to_dict,
+    save_config,
+    search_space_of,
+)
 from orchestrator.search_loop import EPOCHS_DIR, train_fn_per_worker
 
 
@@ -59,6 +65,7 @@ def check_resumable(cfg: ExperimentConfig, directory: str | os.PathLike) -> Path
         return None
     try:
         saved = json.loads((latest / MANIFEST_FILE).read_text(encoding="utf-8")).get("search_space", {})
+        saved = {**SEARCH_SPACE_KEY_DEFAULTS, **saved}
     except (OSError, json.JSONDecodeError):
         return latest  # unreadable: let the workers' verification report it
     want = search_space_of(cfg)

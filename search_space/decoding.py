@@ -73,3 +73,23 @@ def decode_path(beta: torch.Tensor) -> tuple[int, ...]:
         level = arg[level]
         path.append(level)
     return tuple(reversed(path))
+
+
+def top_paths(beta: torch.Tensor, n: int) -> list[tuple[tuple[int, ...], float]]:
+    """The ``n`` most probable paths under beta's transition probabilities, best first, with their log
+    probabilities: Viterbi keeping the ``n`` best partial paths into each node (exact k-best, since a k-best
+    path's prefix is among the k best into its node). Ties break towards the smaller level sequence."""
+    if n < 1:
+        raise ValueError(f"top_paths needs n >= 1, got {n}")
+    log_p = torch.log(transition_probs(beta.detach().float().cpu()).double()).tolist()
+    best: dict[int, list[tuple[float, tuple[int, ...]]]] = {0: [(0.0, ())]}
+    for layer in range(len(log_p)):
+        new: dict[int, list[tuple[float, tuple[int, ...]]]] = {}
+        for src, partials in best.items():
+            for d, step in enumerate(DIRECTIONS):
+                level, lp = src + step, log_p[layer][src][d]
+                if 0 <= level < NUM_LEVELS and lp > float("-inf"):
+                    new.setdefault(level, []).extend((score + lp, path + (level,)) for score, path in partials)
+        best = {level: sorted(c, key=lambda t: (-t[0], t[1]))[:n] for level, c in new.items()}
+    ranked = sorted((c for cands in best.values() for c in cands), key=lambda t: (-t[0], t[1]))[:n]
+    return [(path, score) for score, path in ranked]

@@ -11,6 +11,17 @@ of layer l-2 closest in size is bilinearly resampled. A node's output has B * F 
 Only reachable nodes are built. Alpha and beta are registered parameters kept apart from the weights:
 `arch_parameters()` and `weight_parameters()` partition `parameters()`.
 
+Heads. ``head="aspp"`` is the paper's: an ASPP per level of layer L, upsampled to the input and summed.
+``head="decoder"`` (a documented departure, `HEADS`) makes the search score what the retrain network computes:
+the per-level ASPPs give ``decoder_channels`` features, summed at rate 4, and a DeepLabv3+ decoder fuses them
+with the stem's rate-4 output before the classifier. Without it a stride-32 map of a small crop predicts alone
+and deep paths cannot pay in the search, while the retrain's decoder restores their detail.
+
+`forward(x, genotype)` scores one architecture with the shared weights (alpha and beta fixed to it): alpha is the
+genotype's one-hot op per kept edge, every node on the genotype's path takes its input from the path's previous
+node alone, and only the head of the path's last level predicts. Nodes off the path still run, since the path's
+cells take their H^{l-2} input from the trellis as in training.
+
 `forward` runs each node's cell batched over its paths, edges and ops (`cell_search.SearchCell.forward`);
 `forward_reference` is the plain per-path, per-edge forward with the same math on the same weights, kept
 for tests and FLOP counting. ``checkpoint_cells`` recomputes the cells of chosen levels in backward instead of
@@ -30,7 +41,7 @@ from torch.utils.checkpoint import checkpoint
 from search_space.cell_search import SearchCell
 from search_space.decoding import decode_cell, decode_path, num_edges
 from search_space.genotypes import RATES, Genotype
-from search_space.heads import SearchASPP
+from search_space.heads import DeepLabDecoder, SearchASPP
 from search_space.operations import PRIMITIVES, ReLUConvBN, check_family
 from search_space.stem import Stem, level_sizes
 from search_space.trellis import NUM_LEVELS, incoming, reachable_levels, transition_probs
@@ -40,6 +51,29 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+HEADS = ("aspp", "decoder")
+"""Search heads: the paper's per-level ASPPs summed ("aspp"), or those ASPPs feeding a DeepLabv3+ decoder."""
+
+
+def check_head(head: str) -> str:
+    if head not in HEADS:
+        raise ValueError(f"unknown search head {head!r}: expected one of {', '.join(HEADS)}")
+    return head
+
+
+def genotype_weights(genotype: Genotype, edges: int) -> torch.Tensor:
+    """``[edges, len(PRIMITIVES)]`` op weights of a decoded cell: 1 for each kept (edge, op), 0 elsewhere."""
+    weights = torch.zeros(edges, len(PRIMITIVES))
+    start = 0
+    for block, pairs in enumerate(genotype.cell):
+        for op, inp in pairs:
+            weights[start + inp, PRIMITIVES.index(op)] = 1.0
+        start += block + 2
+    if start != edges:
+        raise ValueError(f"genotype has {genotype.blocks} blocks ({start} edges); the supernet's cell has {edges}")
+    return weights
 
 
 def checkpoint_level_set(checkpoint_cells: bool | Iterable[int]) -> frozenset[int]:
@@ -120,17 +154,19 @@ class SuperNet(nn.Module):
             and recompute the rest in backward (`cell_search._SeparableBN`): at L=12, F=8, crop 129, batch 2
             on CPU, 0.75 GB less peak memory for one more depthwise conv and matmul per unit in backward (steps
             5-10% slower). False stores the depthwise outputs and BN inputs instead.
+        head: "aspp" (the paper's search head) or "decoder" (see the module docstring).
     """
 
     def __init__(self, num_classes: int, layers: int = 12, blocks: int = 5, filter_multiplier: int = 8,
                  ops: str = "paper", stem_channels: tuple[int, int, int] = (64, 64, 128),
-                 checkpoint_cells: bool | Iterable[int] = False, recompute_units: bool = True):
+                 checkpoint_cells: bool | Iterable[int] = False, recompute_units: bool = True,
+                 head: str = "aspp"):
         super().__init__()
         if layers < 1 or blocks < 1 or filter_multiplier < 1 or num_classes < 1:
             raise ValueError("SuperNet needs layers, blocks, filter_multiplier and num_classes >= 1, got "
                              f"{layers}, {blocks}, {filter_multiplier}, {num_classes}")
         self.num_classes, self.layers, self.blocks = num_classes, layers, blocks
-        self.filter_multiplier, self.ops = filter_multiplier, check_family(ops)
+        self.filter_multiplier, self.ops, self.head = filter_multiplier, check_family(ops), check_head(head)
         self.checkpoint_levels = checkpoint_level_set(checkpoint_cells)
         self.stem = Stem(stem_channels)
         self.nodes = nn.ModuleDict()
@@ -147,14 +183,23 @@ class SuperNet(nn.Module):
                 self.nodes[f"{layer}_{level}"] = Node(level, sources, channels[(layer - 2, pp)], blocks,
                                                       width, ops)
                 channels[(layer, level)] = blocks * width
+        head_out = num_classes if head == "aspp" else self.decoder_channels
         self.heads = nn.ModuleDict({
-            str(level): SearchASPP(channels[(layers, level)], num_classes, 96 // RATES[level])
+            str(level): SearchASPP(channels[(layers, level)], head_out, 96 // RATES[level])
             for level in reachable_levels(layers)
         })
+        if head == "decoder":
+            d = self.decoder_channels
+            self.decoder = DeepLabDecoder(stem_channels[2], d, num_classes, channels=d, low_channels=min(48, d))
         for node in self.nodes.values():
             node.cell.recompute_units = recompute_units
         self.alpha = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(PRIMITIVES)))
         self.beta = nn.Parameter(1e-3 * torch.randn(layers, NUM_LEVELS, 3))
+
+    @property
+    def decoder_channels(self) -> int:
+        """Width of the decoder head: the cell output width at rate 16 (4 B F)."""
+        return 4 * self.blocks * self.filter_multiplier
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha, self.beta]
@@ -166,17 +211,28 @@ class SuperNet(nn.Module):
     def genotype(self) -> Genotype:
         return Genotype(cell=decode_cell(self.alpha), path=decode_path(self.beta))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, reference=False)
+    def forward(self, x: torch.Tensor, genotype: Genotype | None = None) -> torch.Tensor:
+        """Logits of the continuous relaxation, or with ``genotype`` of that one architecture (alpha and beta
+        fixed to it, see the module docstring)."""
+        return self._forward(x, reference=False, genotype=genotype)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same math as `forward`, one module call per path, edge and op (for tests and FLOP counts)."""
         return self._forward(x, reference=True)
 
-    def _forward(self, x: torch.Tensor, reference: bool) -> torch.Tensor:
+    def _check_genotype(self, genotype: Genotype) -> None:
+        if genotype.layers != self.layers or genotype.blocks != self.blocks:
+            raise ValueError(f"genotype has L={genotype.layers}, B={genotype.blocks}; the supernet has "
+                             f"L={self.layers}, B={self.blocks}")
+
+    def _forward(self, x: torch.Tensor, reference: bool, genotype: Genotype | None = None) -> torch.Tensor:
         rate2, rate4 = self.stem(x)
         sizes = level_sizes(tuple(rate4.shape[2:]), NUM_LEVELS)
-        weights = torch.softmax(self.alpha, dim=-1)
+        if genotype is None:
+            weights = torch.softmax(self.alpha, dim=-1)
+        else:
+            self._check_genotype(genotype)
+            weights = genotype_weights(genotype, self.alpha.shape[0]).to(self.alpha)
         trans = transition_probs(self.beta)
         checkpointing = self.training and torch.is_grad_enabled() and not reference
         prev_prev, prev = {-1: rate2}, {0: rate4}
@@ -184,6 +240,9 @@ class SuperNet(nn.Module):
             cur = {}
             for level in reachable_levels(layer):
                 probs = {src: trans[layer - 1, src, d] for src, d in incoming(layer, level)}
+                if genotype is not None and level == genotype.path[layer - 1]:
+                    src = genotype.path[layer - 2] if layer > 1 else 0
+                    probs = {src: torch.ones((), dtype=trans.dtype, device=trans.device)}
                 pp = prev_prev[self.pp_source[(layer, level)]]
                 node = self.nodes[f"{layer}_{level}"]
                 if reference:
@@ -192,9 +251,18 @@ class SuperNet(nn.Module):
                     checkpointed = checkpointing and level in self.checkpoint_levels
                     cur[level] = node(prev, pp, probs, weights, sizes[level], checkpointed)
             prev_prev, prev = prev, cur
-        out_size = x.shape[2:]
-        logits = None
-        for level, head in self.heads.items():
-            y = resize(head(prev[int(level)]), out_size)
-            logits = y if logits is None else logits + y
-        return logits
+        levels = [int(level) for level in self.heads] if genotype is None else [genotype.path[-1]]
+        return self._head(prev, levels, rate4, tuple(x.shape[2:]))
+
+    def _head(self, last: dict[int, torch.Tensor], levels: list[int], rate4: torch.Tensor,
+              out_size: tuple[int, int]) -> torch.Tensor:
+        """The heads of ``levels`` on layer L's nodes ``last``, summed (at the input size for "aspp", at rate 4
+        before the decoder for "decoder"); logits at ``out_size``."""
+        size = out_size if self.head == "aspp" else tuple(rate4.shape[2:])
+        total = None
+        for level in levels:
+            y = resize(self.heads[str(level)](last[level]), size)
+            total = y if total is None else total + y
+        if self.head == "aspp":
+            return total
+        return resize(self.decoder(total, rate4), out_size)
