@@ -62,6 +62,10 @@ def sweep(cfg, storage: str, name: str, resume: bool, retrain: bool) -> None:
         print(f"genotype:    {summary['files']['genotype']}")
         print(f"retrain:     val_miou={r['val_miou']} after {r['epochs']} epochs ({r['seconds']} s)")
         print(f"summary:     {os.path.join(exp, 'final', 'summary.json')}")
+        if "validation_result" in summary:
+            from orchestrator.validation import format_result
+
+            print("\n" + format_result(summary["validation_result"]))
     print(f"tensorboard: tensorboard --logdir {exp}")
     print(f"analysis:    python -m orchestrator.analyze {exp}")
 

@@ -472,6 +472,52 @@ def final_text(exp: Experiment) -> str:
     return "\n".join(lines)
 
 
+DIAGNOSTIC_WINDOW = 5
+"""The last epochs in which `diagnostics_text` counts genotype changes."""
+
+
+def diagnostics_text(exp: Experiment, rows: list[dict[str, Any]]) -> str:
+    """Per trial, the search's health at its last epoch: parameter-free ops in the decoded cell (DARTS
+    collapse), alpha and beta entropy, the path's deepest rate, and how many of the last epochs changed the
+    genotype; then how many distinct genotypes the trials (e.g. search seeds) ended with."""
+    frame = exp.frame
+    if frame.empty or "param_free_ops" not in frame:
+        return ""
+    body = []
+    for row in rows:
+        group = frame[frame["trial_id"] == row["trial_id"]].sort_values("epoch")
+        if group.empty:
+            continue
+        last, recent = group.iloc[-1], group.tail(DIAGNOSTIC_WINDOW)
+        changed = int(recent["genotype_changed"].fillna(False).astype(bool).sum()) if "genotype_changed" in recent \
+            else None
+        depth = last.get("path_depth")
+        body.append([row["trial_id"], _fmt(last.get("param_free_ops")), _fmt(last.get("alpha_entropy"), 3),
+                     _fmt(last.get("beta_entropy"), 3),
+                     str(RATES[int(depth)]) if _finite(depth) else "-", f"{_fmt(changed)}/{len(recent)}"])
+    genotypes = [r["genotype"] for r in rows if r.get("genotype")]
+    table = format_table(["trial", "param-free ops", "alpha H", "beta H", "deepest rate",
+                          "genotype changes (last epochs)"], body)
+    return (f"search diagnostics at each trial's last epoch:\n{table}\n{len(genotypes)} trials ended with "
+            f"{len(set(genotypes))} distinct genotypes")
+
+
+def validation_text(exp: Experiment) -> str:
+    """The searched genotype against random ones, from the summary's ``validation`` (experiments/validate.py)."""
+    v = (exp.summary or {}).get("validation")
+    if not v:
+        return ""
+    lines = [f"validation ({v.get('file')}): {v['random_count']} random architectures retrain to mIoU "
+             f"{_fmt(v['random_mean'])} +- {_fmt(v['random_sd'])}"]
+    for s in v["searched"]:
+        lines.append(f"  searched {s['experiment']}: {_fmt(s['mean'])} +- {_fmt(s['sd'])}, percentile "
+                     f"{_fmt(s['percentile'], 3)} among the random ones")
+    taus = ", ".join(_fmt(t, 2) for t in v.get("kendall_tau") or [])
+    if taus:
+        lines.append(f"  supernet ranking: Kendall tau {taus} (supernet score vs retrained mIoU)")
+    return "\n".join(lines)
+
+
 def header_text(exp: Experiment) -> str:
     trials = len(set(exp.frame["trial_id"])) if "trial_id" in exp.frame else 0
     return (f"experiment {exp.path}\nstate: {exp.state} ({exp.state_reason})\n"
@@ -618,7 +664,8 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike | None = None, top: 
         known = "; Tune knows the trials listed below" if exp.tune_trials else ""
         parts.append("no epoch records yet (no records/, trial-*/result.json or train-*/epochs/ entries): nothing "
                      f"to plot{known}")
-    parts += [leaderboard_text(exp, rows, rank_by) if rows else "", final_text(exp)]
+    parts += [leaderboard_text(exp, rows, rank_by) if rows else "", diagnostics_text(exp, rows), final_text(exp),
+              validation_text(exp)]
     out = Path(out) if out is not None else exp.path / ANALYSIS_DIR
     files = write_outputs(exp, rows, out, top)
     parts.append(f"wrote to {out}: " + ", ".join(os.path.relpath(f, out) for f in files))

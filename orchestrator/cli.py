@@ -45,10 +45,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from orchestrator.experiment import SweepFailedError
     from orchestrator.run_search import DivergedError, ResourceError
     from orchestrator.sweep import SweepError
+    from orchestrator.validation import ValidationError
     from search_space.genotypes import GenotypeError
 
     return (ConfigError, DataError, CheckpointError, ResourceError, GenotypeError, SweepError, SweepFailedError,
-            DivergedError)
+            DivergedError, ValidationError)
 
 
 def user_error(err: BaseException) -> BaseException | None:

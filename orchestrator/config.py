@@ -29,6 +29,7 @@ import yaml
 
 from orchestrator.atomic import write_text
 from search_space.operations import OP_FAMILIES
+from search_space.supernet import HEADS
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,9 @@ class SearchSpaceConfig:
     filter_multiplier: int = 8  # F: the paper searches with F=8 (retraining uses 20/32/48)
     ops: str = "paper"  # op family: "paper" follows the authors' TF code; "darts" matches the public port
     stem_channels: list[int] = field(default_factory=lambda: [64, 64, 128])  # the paper's three stem convs
+    # "aspp": the paper's search head (an ASPP per rate, summed). "decoder": those ASPPs feed a DeepLabv3+
+    # decoder with the stem's rate-4 features, as the retrain network does (search_space/supernet.py).
+    head: str = "aspp"
 
 
 @dataclass
@@ -135,6 +139,37 @@ class RetrainConfig:
 
 
 @dataclass
+class SelectionConfig:
+    # How the final step picks the architecture from the best trial's alpha and beta. "viterbi": the paper's
+    # decoding, the most probable path under beta. "supernet": the decoded cell on each of the path_candidates
+    # most probable paths, scored by the trained supernet with alpha and beta fixed to it (orchestrator/
+    # supernet_score.py) on the validation set; candidates rank by that score.
+    path: str = "viterbi"
+    path_candidates: int = 64  # paths scored by path=supernet (all legal paths when fewer)
+    recalibration_batches: int = 8  # trainA batches that re-estimate batch-norm statistics per scored candidate
+    # The top_k candidates (by supernet score, or by beta for path=viterbi) are short-retrained as Tune trials
+    # with ASHA on the retrain mIoU; the winner gets the full retrain. 1: no short retrains, the top one wins.
+    top_k: int = 1
+    # Fill the top_k with the best candidate of each deepest rate first, then by rank: a single path is scored
+    # by its last level's head alone, trained as one term of a sum over levels, so scores compare poorly across
+    # depths; the short retrains compare them instead.
+    one_per_depth: bool = False
+    short_epochs: int = 5  # epochs of a short retrain (ASHA's max_t), with the retrain section's other settings
+    grace_period: int = 2  # ASHA: epochs before a short retrain may be stopped
+    reduction_factor: int = 2  # ASHA keeps 1/2 of the short retrains at each rung
+
+
+@dataclass
+class ValidationConfig:
+    # After the final retrain, retrain this many genotypes drawn uniformly from the space and place the searched
+    # one among them (experiments/validate.py does the same on demand). 0: the chain does not validate.
+    random: int = 0
+    seeds: int = 2  # retrain seeds of the searched genotype: its seed-to-seed sd is the yardstick's noise
+    random_seeds: int = 1  # retrain seeds per random genotype
+    sample_seed: int = 0  # seeds the random draw, so the same space always gets the same baseline
+
+
+@dataclass
 class ExperimentConfig:
     name: str | None = None  # None: derived from the config file's stem and config_hash (see derive_name)
     storage_path: str = "./results"  # run folders live here; multi-node runs need shared storage (S3, NFS)
@@ -145,10 +180,17 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
-SEARCH_SPACE_KEYS = ("layers", "blocks", "filter_multiplier", "ops", "stem_channels")
+SEARCH_SPACE_KEYS = ("layers", "blocks", "filter_multiplier", "ops", "stem_channels", "head")
 """The keys that define the supernet's shape: a checkpoint only resumes into the same values."""
+
+SEARCH_SPACE_KEY_DEFAULTS = {"head": "aspp"}
+"""What a checkpoint made before a search-space key existed had, for that key."""
+
+PATH_SELECTIONS = ("viterbi", "supernet")
 
 STRIDE = 32
 """The network's largest downsample rate: crops smaller than this have no rate-32 level."""
@@ -273,6 +315,7 @@ def _validate_search_space(s: SearchSpaceConfig, src: str) -> None:
     _check(s.ops in OP_FAMILIES, src, "search_space.ops", s.ops, f"one of {', '.join(OP_FAMILIES)}")
     _check(len(s.stem_channels) == 3 and all(c >= 1 for c in s.stem_channels), src,
            "search_space.stem_channels", s.stem_channels, "three integers >= 1")
+    _check(s.head in HEADS, src, "search_space.head", s.head, f"one of {', '.join(HEADS)}")
 
 
 def _validate_data(d: DataConfig, src: str) -> None:
@@ -366,6 +409,21 @@ def _validate_retrain(r: RetrainConfig, src: str) -> None:
            f"at least {STRIDE} (the network's largest downsample rate)")
 
 
+def _validate_selection(s: SelectionConfig, src: str) -> None:
+    _check(s.path in PATH_SELECTIONS, src, "selection.path", s.path, f"one of {', '.join(PATH_SELECTIONS)}")
+    for key in ("path_candidates", "top_k", "short_epochs", "grace_period"):
+        _check(getattr(s, key) >= 1, src, f"selection.{key}", getattr(s, key), "an integer >= 1")
+    _check(s.recalibration_batches >= 0, src, "selection.recalibration_batches", s.recalibration_batches,
+           "an integer >= 0")
+    _check(s.reduction_factor >= 2, src, "selection.reduction_factor", s.reduction_factor, "an integer >= 2")
+
+
+def _validate_validation(v: ValidationConfig, src: str) -> None:
+    _check(v.random >= 0, src, "validation.random", v.random, "an integer >= 0 (0: no validation)")
+    for key in ("seeds", "random_seeds"):
+        _check(getattr(v, key) >= 1, src, f"validation.{key}", getattr(v, key), "an integer >= 1")
+
+
 def validate(cfg: ExperimentConfig, source: str = "config") -> ExperimentConfig:
     """Range and consistency checks across all sections; returns ``cfg`` or raises ConfigError."""
     _check(cfg.name is None or (bool(cfg.name) and "/" not in cfg.name), source, "name", cfg.name,
@@ -378,6 +436,8 @@ def validate(cfg: ExperimentConfig, source: str = "config") -> ExperimentConfig:
     _validate_scaling(cfg.scaling, cfg.runtime, source)
     _validate_tune(cfg.tune, source)
     _validate_retrain(cfg.retrain, source)
+    _validate_selection(cfg.selection, source)
+    _validate_validation(cfg.validation, source)
     return cfg
 
 

@@ -109,6 +109,22 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
     best_cfg = with_overrides(cfg, dict(best.config), f"best trial {facts['trial_id']}")
     actor = FinalActor.remote()
     try:
-        return ray.get(actor.run.remote(config_to_dict(best_cfg), exp_dir, facts))
+        ranked = ray.get(actor.candidates.remote(config_to_dict(best_cfg), exp_dir, facts))
+        genotype, selection = ranked[0], None
+        if cfg.selection.top_k > 1 and len(ranked) > 1:
+            from orchestrator.selection import short_retrain_selection
+
+            genotype, selection = short_retrain_selection(best_cfg, ranked[:cfg.selection.top_k],
+                                                          f"{exp_dir}/final/selection")
+        summary = ray.get(actor.run.remote(config_to_dict(best_cfg), exp_dir, facts, genotype, selection))
     finally:
         ray.kill(actor)
+    v = cfg.validation
+    if v.random > 0:
+        from orchestrator.validation import validate_experiments
+
+        print(f"\nvalidation: the searched genotype against {v.random} random ones", flush=True)
+        result = validate_experiments([exp_dir], f"{exp_dir}/final", v.random, v.seeds, v.random_seeds,
+                                      v.sample_seed)
+        summary["validation_result"] = result
+    return summary

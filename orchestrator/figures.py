@@ -91,3 +91,25 @@ def paths_figure(paths: list[tuple[str, Genotype]], title: str = "decoded paths"
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
     return fig
+
+
+def validation_figure(result: dict):
+    """Retrain mIoU of every random architecture (dots, one per architecture's mean) with each searched
+    genotype marked (a line at its mean, its seeds as crosses)."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.0))
+    rows = result["architectures"]
+    random_means = [r["mean"] for r in rows if r["label"].startswith("random-")]
+    ax.plot(random_means, [0] * len(random_means), "o", color="0.5", alpha=0.7, label="random (mean over seeds)")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, s in enumerate(result["searched"]):
+        color = colors[i % len(colors)]
+        ax.axvline(s["mean"], color=color, linewidth=2,
+                   label=f"{s['experiment']} (percentile {s['percentile']:.0f})")
+        ax.plot(s["val_miou"], [0.1 + 0.05 * i] * len(s["val_miou"]), "x", color=color)
+    ax.set_yticks([])
+    ax.set_ylim(-0.3, 0.6)
+    ax.set_xlabel("retrain val mIoU")
+    ax.set_title("searched genotypes against random ones from the same space")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -16,24 +16,59 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.train
 
 from orchestrator.atomic import save_figure, write_json, write_text
-from orchestrator.checkpointing import read_checkpoint_dir
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.figures import cell_figure, path_figure
+from orchestrator.supernet_score import load_supernet, read_search_state, select_path
 from search_space import Genotype, decode_cell, decode_path
+from search_space.decoding import top_paths
 
 FINAL_DIR = "final"
 
 
 def genotype_from_checkpoint(checkpoint_path: str) -> Genotype:
     """Decode alpha and beta stored in a search checkpoint (a local folder or a storage URI), verified by its
-    SHA-256 first."""
-    with ray.train.Checkpoint(path=checkpoint_path).as_directory() as directory:
-        state = read_checkpoint_dir(directory)
+    SHA-256 first: the paper's decoding (``selection.path: viterbi``)."""
+    state = read_search_state(checkpoint_path)
     alpha, beta = state["model"]["alpha"], state["model"]["beta"]
     return Genotype(cell=decode_cell(alpha), path=decode_path(beta))
+
+
+def candidate_genotypes(cfg: ExperimentConfig, checkpoint_path: str, final_dir: str) -> list[Genotype]:
+    """The architectures the final step may retrain, best first (at least ``selection.top_k`` where the space
+    has them): with ``selection.path: viterbi`` the decoded cell on the most probable paths under beta (the first
+    is the paper's decoding); with ``supernet`` on the paths the trained supernet scores best (the scores go to
+    ``path_scores.json``)."""
+    s = cfg.selection
+    if s.path == "viterbi":
+        if s.top_k == 1:
+            return [genotype_from_checkpoint(checkpoint_path)]
+        model = read_search_state(checkpoint_path)["model"]
+        cell = decode_cell(model["alpha"])
+        return [Genotype(cell=cell, path=path) for path, _ in top_paths(model["beta"], s.top_k)]
+    trained = load_supernet(checkpoint_path, cfg)
+    threads = max(1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))
+    genotype, rows = select_path(trained, threads)
+    write_json(Path(final_dir) / "path_scores.json", {"viterbi": trained.genotype().to_dict(),
+                                                      "selected": genotype.to_dict(), "candidates": rows})
+    print(f"path selection: {len(rows)} candidate paths scored by the supernet; viterbi "
+          f"{list(trained.genotype().path)}, best scored {list(genotype.path)}", flush=True)
+    ranked = sorted(range(len(rows)), key=lambda i: (-rows[i]["supernet_miou"], i))
+    paths = [tuple(rows[i]["path"]) for i in ranked]
+    if s.one_per_depth:
+        paths = one_per_depth(paths)
+    return [Genotype(cell=genotype.cell, path=path) for path in paths]
+
+
+def one_per_depth(paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """``paths`` (best first) reordered: the best path of each deepest level first, in their order, then the
+    rest in theirs."""
+    firsts = {}
+    for path in paths:
+        firsts.setdefault(max(path), path)
+    leaders = [p for p in paths if firsts[max(p)] == p]
+    return leaders + [p for p in paths if p not in leaders]
 
 
 def write_architecture(genotype: Genotype, final_dir: str | os.PathLike, label: str = "") -> dict[str, str]:
@@ -90,16 +125,25 @@ def _finite_or_none(value: Any) -> float | None:
 class FinalActor:
     """Decode the best trial and retrain it, on the cluster (where the storage is)."""
 
-    def run(self, cfg_dict: dict[str, Any], experiment_dir: str, best: dict[str, Any]) -> dict[str, Any]:
+    def candidates(self, cfg_dict: dict[str, Any], experiment_dir: str, best: dict[str, Any]) -> list[dict]:
+        """The best trial's candidate genotypes, best first (`candidate_genotypes`), as dicts."""
+        cfg = config_from_dict(cfg_dict, f"best trial {best.get('trial_id')}")
+        final_dir = os.path.join(experiment_dir, FINAL_DIR)
+        return [g.to_dict() for g in candidate_genotypes(cfg, best["checkpoint_path"], final_dir)]
+
+    def run(self, cfg_dict: dict[str, Any], experiment_dir: str, best: dict[str, Any], genotype_dict: dict,
+            selection: dict[str, Any] | None = None) -> dict[str, Any]:
         """Args:
             cfg_dict: the best trial's resolved config (base config with its sampled keys).
             experiment_dir: ``<storage>/<name>``.
             best: facts about the best trial: trial_id, config (sampled keys), metrics, checkpoint_path,
                 search_seconds.
+            genotype_dict: the architecture to retrain (from `candidates`, or the short retrains' winner).
+            selection: the short retrains' table, when there were any.
         """
         cfg = config_from_dict(cfg_dict, f"best trial {best.get('trial_id')}")
         final_dir = os.path.join(experiment_dir, FINAL_DIR)
-        genotype = genotype_from_checkpoint(best["checkpoint_path"])
+        genotype = Genotype.from_dict(genotype_dict, "final genotype")
         files = write_architecture(genotype, final_dir, f"trial {best.get('trial_id')}")
         extra = {
             "best_trial": best.get("trial_id"),
@@ -108,5 +152,6 @@ class FinalActor:
                        "seconds": best.get("search_seconds"), "checkpoint": best["checkpoint_path"],
                        "experiment_dir": experiment_dir},
             "files": files,
+            "selection": {"path": cfg.selection.path, "top_k": cfg.selection.top_k, "short_retrains": selection},
         }
         return retrain_and_summarize(cfg, genotype, final_dir, extra)

@@ -205,3 +205,16 @@ def test_hparams_view_lists_each_trial_against_its_final_metrics(experiment, cli
         assert final == pytest.approx(float(row["final_val_miou"]), rel=1e-5)
     tune_tags = {v.tag for f in experiment.glob("trial-*/events.out.tfevents.*") for v in tfevents(f)}
     assert "_hparams_/session_start_info" in tune_tags  # Tune's own view: last reported metrics of ended trials
+
+
+@on_cluster
+def test_search_diagnostics_are_recorded_and_reported(cli):
+    proc, out = cli
+    table = pd.read_parquet(out / "results.parquet")
+    diagnostics = {"param_free_ops", "path_depth", "beta_entropy_per_layer", "alpha_entropy", "beta_entropy",
+                   "genotype_changed", "path"}
+    assert diagnostics <= set(table.columns)
+    assert table["param_free_ops"].between(0, 4).all() and table["path_depth"].between(0, 3).all()
+    assert all(len(v) == 3 for v in table["beta_entropy_per_layer"])  # smoke: L=3
+    assert "search diagnostics at each trial's last epoch" in proc.stdout
+    assert "distinct genotypes" in proc.stdout

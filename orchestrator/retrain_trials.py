@@ -1,0 +1,107 @@
+"""Retraining many genotypes as Ray Tune trials: one trial per (genotype, seed), each a `TorchTrainer` running
+the retrain loop with ``runtime.seed`` set to the seed, as many at once as the cluster holds, optionally under a
+scheduler (ASHA on the retrain mIoU for the final step's short retrains). Used by validation against random
+architectures (`orchestrator.validation`) and by the final step's top-k selection (`orchestrator.final`).
+
+Runs are named by genotype and seed (``retrain-<genotype hash>-seed<s>``) in ``<path>/runs/``, and Tune's state
+is in ``<path>/tune-<plan hash>``: running the same plan again restores it, a finished retrain is reported again
+instead of run again, an unfinished one continues from its checkpoint. This module knows genotypes and configs,
+not the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, with_overrides
+from orchestrator.retrain import make_retrain_trainer
+from orchestrator.run_search import ResourceError, read_epochs
+from search_space import Genotype
+
+
+def genotype_key(genotype: Genotype) -> str:
+    return hashlib.sha256(genotype.to_json(indent=None).encode()).hexdigest()[:10]
+
+
+def run_name(genotype: Genotype, seed: int, cfg: ExperimentConfig) -> str:
+    """``retrain-<genotype hash>-<budget hash>-seed<s>``: the budget (data and retrain sections) is in the name, so
+    a short retrain never resumes into a full one."""
+    data = config_to_dict(cfg)
+    budget = hashlib.sha256(json.dumps([data["data"], data["retrain"]], sort_keys=True).encode()).hexdigest()[:6]
+    return f"retrain-{genotype_key(genotype)}-{budget}-seed{seed}"
+
+
+def finished_retrain(directory: str, epochs: int) -> dict[str, Any] | None:
+    """The last epoch's metrics of a local retrain run that ran all ``epochs`` (or diverged), else None."""
+    if "://" in directory or not os.path.isdir(directory):
+        return None
+    done = read_epochs(directory)
+    if done and (done[-1].get("diverged") or done[-1]["epoch"] >= epochs):
+        return done[-1]
+    return None
+
+
+def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str) -> None:
+    """One retrain of ``config["trial"]["genotype"]`` with ``runtime.seed`` set to its ``seed``, reported to
+    Tune."""
+    config = config["trial"]
+    cfg = with_overrides(config_from_dict(base, "retrain trial base config"), {"runtime.seed": config["seed"]},
+                         f"retrain trial {config['label']} seed {config['seed']}")
+    genotype = Genotype.from_dict(config["genotype"], f"retrain trial {config['label']}")
+    name = run_name(genotype, config["seed"], cfg)
+    ended = finished_retrain(os.path.join(runs, name), cfg.retrain.epochs)
+    if ended is not None:
+        tune.report(ended)
+        return
+    make_retrain_trainer(cfg, genotype, runs, name, callbacks=[TuneReportCallback()]).fit()
+
+
+def concurrency(cfg: ExperimentConfig, trial_cpus: float) -> int:
+    """Retrains that fit at once on the cluster; ResourceError when not even one does."""
+    sc = cfg.scaling
+    need = {"CPU": trial_cpus + cfg.retrain.num_workers * sc.cpus_per_worker}
+    if sc.use_gpu:
+        need["GPU"] = cfg.retrain.num_workers * sc.gpus_per_worker
+    have = ray.cluster_resources()
+    fits = min(math.floor(have.get(key, 0.0) / value + 1e-9) for key, value in need.items())
+    if fits < 1:
+        raise ResourceError(f"one retrain trial needs {need} (retrain.num_workers x scaling per worker, plus "
+                            f"the trial's {trial_cpus}), the cluster has {dict(have)}; lower retrain.num_workers")
+    return fits
+
+
+def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str,
+               scheduler: Any = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Fit (or continue) one trial per ``{"label", "genotype" (dict), "seed"}`` in ``path``, with ``cfg``'s retrain
+    section; returns each (label, seed)'s last reported metrics (``val_miou`` NaN when it failed)."""
+    path = os.path.abspath(path)
+    runs = os.path.join(path, "runs")
+    plan_key = hashlib.sha256(json.dumps([trials, config_to_dict(cfg)["retrain"]], sort_keys=True).encode())
+    name = f"tune-{plan_key.hexdigest()[:8]}"
+    trainable = tune.with_resources(
+        tune.with_parameters(retrain_trial, base=config_to_dict(cfg), runs=runs), {"CPU": cfg.tune.trial_cpus})
+    if tune.Tuner.can_restore(os.path.join(path, name)):
+        tuner = tune.Tuner.restore(os.path.join(path, name), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={"trial": tune.grid_search(trials)},
+            tune_config=tune.TuneConfig(metric="val_miou", mode="max", scheduler=scheduler,
+                                        max_concurrent_trials=concurrency(cfg, cfg.tune.trial_cpus),
+                                        trial_dirname_creator=lambda t: f"trial-{t.trial_id}"),
+            run_config=tune.RunConfig(name=name, storage_path=path, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.runtime.max_failures)))
+    out = {}
+    for result in tuner.fit():
+        trial, metrics = (result.config or {}).get("trial", {}), dict(result.metrics or {})
+        value = metrics.get("val_miou")
+        finite = isinstance(value, int | float) and math.isfinite(value) and result.error is None
+        out[(trial.get("label"), trial.get("seed"))] = {**metrics, "val_miou": float(value) if finite else math.nan}
+    return out
