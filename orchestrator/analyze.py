@@ -43,6 +43,7 @@ import pyarrow as pa
 from orchestrator.atomic import write_bytes
 from orchestrator.records import RECORDS_DIR, RECORDS_FILE, read_records, record_row, write_table
 from search_space.genotypes import RATES, Genotype
+from search_space.operations import PRIMITIVES
 
 ANALYSIS_DIR = "analysis"
 HPARAMS_DIR = os.path.join("tensorboard", "hparams")
@@ -475,6 +476,9 @@ def final_text(exp: Experiment) -> str:
 DIAGNOSTIC_WINDOW = 5
 """The last epochs in which `diagnostics_text` counts genotype changes."""
 
+UNSETTLED = 0.98
+"""Alpha entropy above this fraction of uniform's: the op weights have not moved enough to mean anything."""
+
 
 def diagnostics_text(exp: Experiment, rows: list[dict[str, Any]]) -> str:
     """Per trial, the search's health at its last epoch: parameter-free ops in the decoded cell (DARTS
@@ -494,12 +498,19 @@ def diagnostics_text(exp: Experiment, rows: list[dict[str, Any]]) -> str:
         depth = last.get("path_depth")
         body.append([row["trial_id"], _fmt(last.get("param_free_ops")), _fmt(last.get("alpha_entropy"), 3),
                      _fmt(last.get("beta_entropy"), 3),
-                     str(RATES[int(depth)]) if _finite(depth) else "-", f"{_fmt(changed)}/{len(recent)}"])
+                     "-" if _missing(depth) else str(RATES[int(depth)]), f"{_fmt(changed)}/{len(recent)}"])
     genotypes = [r["genotype"] for r in rows if r.get("genotype")]
     table = format_table(["trial", "param-free ops", "alpha H", "beta H", "deepest rate",
                           "genotype changes (last epochs)"], body)
-    return (f"search diagnostics at each trial's last epoch:\n{table}\n{len(genotypes)} trials ended with "
+    text = (f"search diagnostics at each trial's last epoch:\n{table}\n{len(genotypes)} trials ended with "
             f"{len(set(genotypes))} distinct genotypes")
+    uniform = math.log(len(PRIMITIVES))
+    last_alpha = frame.sort_values("epoch").groupby("trial_id")["alpha_entropy"].last()
+    if len(last_alpha) and bool((last_alpha > UNSETTLED * uniform).all()):
+        text += (f"\nalpha entropy is within {100 * (1 - UNSETTLED):.0f}% of uniform (ln {len(PRIMITIVES)} = "
+                 f"{uniform:.2f}) in every trial: alpha has barely moved, so the decoded cell is close to a random "
+                 "draw (more arch steps, a larger search.arch_lr or a longer search move it)")
+    return text
 
 
 def validation_text(exp: Experiment) -> str:
