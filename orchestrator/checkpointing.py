@@ -165,7 +165,8 @@ def check_compatible(state: dict[str, Any], search_space: dict[str, Any], num_cl
                      source: str = "checkpoint") -> None:
     """Refuse a checkpoint whose supernet shape (L, B, F, ops, stem, classes) differs from the config's."""
     saved = {**SEARCH_SPACE_KEY_DEFAULTS, **state.get("search_space", {})}
-    want = {**{k: search_space[k] for k in SEARCH_SPACE_KEYS}, "num_classes": num_classes}
+    given = {**SEARCH_SPACE_KEY_DEFAULTS, **search_space}
+    want = {**{k: given[k] for k in SEARCH_SPACE_KEYS}, "num_classes": num_classes}
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v]
     if diffs:
         raise CheckpointError(

@@ -111,6 +111,10 @@ def test_checkpoint_from_another_search_space_is_refused():
         ckpt.check_compatible(state, {**space, "ops": "darts"}, 8)
     with pytest.raises(ckpt.CheckpointError, match="num_classes"):
         ckpt.check_compatible(state, space, 19)
+    # A checkpoint from before search_space.head existed was made with the paper's head.
+    ckpt.check_compatible(state, {**space, "head": "aspp"}, 8)
+    with pytest.raises(ckpt.CheckpointError, match="head: checkpoint 'aspp', config 'decoder'"):
+        ckpt.check_compatible(state, {**space, "head": "decoder"}, 8)
 
 
 def test_resumed_loader_draws_what_the_uninterrupted_one_draws():
