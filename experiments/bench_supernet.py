@@ -5,11 +5,13 @@
     python experiments/bench_supernet.py --device cuda --crop 321 --amp bf16 --channels-last --json
     python experiments/bench_supernet.py --smoke-test
 
-A step is what one iteration of the first-order search does: a weight step (zero grads, forward on a
-trainA batch, cross-entropy, backward, SGD) and an arch step (the same on a trainB batch, backward to
-alpha and beta only, Adam). The public port's figures (/work/shared/PERF_NOTES.md) time zero grads +
-forward + loss + backward with every gradient, which is the weight step without the SGD update:
-compare them with ``weight_step_s``.
+A step is what one iteration of the first-order search does, timed with the search loop's own functions
+(`orchestrator.steps`): a weight step (zero grads, forward on a trainA batch, cross-entropy, backward,
+gradient clip, SGD) and an arch step (forward on a trainB batch, gradients of alpha and beta only, Adam);
+``search_step_s`` is the two together. The public port's figures (/work/shared/PERF_NOTES.md) time zero
+grads + forward + loss + backward with every gradient, which is the weight step without the SGD update:
+compare them with ``weight_step_s``. The port has no cheaper arch step, so its search step is two of its
+steps: ``vs_port.search_step_ratio`` is ``search_step_s`` over twice the port's step.
 
 Every measurement runs in a fresh subprocess, so peak resident memory (``ru_maxrss``) belongs to one
 config. ``--vs ARGS`` adds a variant (the base arguments followed by ARGS); variants run interleaved,
@@ -150,7 +152,9 @@ def build(args: argparse.Namespace):
 def measure(args: argparse.Namespace) -> dict:
     """Build the supernet and time warm-up + timed steps in this process."""
     import torch
-    from torch.nn import functional as F
+    from torch import nn
+
+    from orchestrator.steps import StepOptions, arch_step, weight_step
 
     torch.manual_seed(0)
     if args.device == "cpu":
@@ -158,7 +162,9 @@ def measure(args: argparse.Namespace) -> dict:
     net = build(args)
     model = torch.compile(net) if args.compile else net
     opt_w = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    opt_a = torch.optim.Adam(net.arch_parameters(), lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
+    opt_a = torch.optim.Adam(net.arch_parameters(), lr=3e-3, weight_decay=1e-3)
+    opts = StepOptions(bf16=args.amp == "bf16", channels_last=args.channels_last, grad_clip=5.0)
+    criterion, device = nn.CrossEntropyLoss(), torch.device(args.device)
     shape = (args.batch, 3, args.crop, args.crop)
     xs = [torch.randn(shape, device=args.device) for _ in range(2)]
     ys = [torch.randint(0, args.classes, (args.batch, args.crop, args.crop), device=args.device) for _ in range(2)]
@@ -171,14 +177,13 @@ def measure(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
 
     def step(i: int, arch: bool) -> tuple[float, float]:
+        """The loop's own step functions (orchestrator.steps), on one process (no DDP)."""
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
-        opt = opt_a if arch else opt_w
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
-            loss = F.cross_entropy(model(xs[i]), ys[i])
-        loss.backward(inputs=net.arch_parameters() if arch else net.weight_parameters())
-        opt.step()
+        if arch:
+            arch_step(model, (xs[i], ys[i]), opt_a, criterion, opts, device)
+        else:
+            weight_step(model, net, (xs[i], ys[i]), opt_w, criterion, opts, device)
         sync()
         return time.perf_counter() - t0, time.process_time() - c0
 
@@ -194,6 +199,7 @@ def measure(args: argparse.Namespace) -> dict:
         a_times.append(step(1, True))
     out = {
         "weight_step_s": [t for t, _ in w_times], "arch_step_s": [t for t, _ in a_times],
+        "search_step_s": [w + a for (w, _), (a, _) in zip(w_times, a_times, strict=True)],
         "weight_step_cpu_s": [c for _, c in w_times],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # kB on Linux
         "rss_after_build_gb": rss_built,
@@ -251,7 +257,7 @@ def child_cmd(base: list[str], extra: list[str]) -> tuple[list[str], dict]:
         src = tempfile.mkdtemp(prefix=f"bench-{args.rev}-")
         subprocess.run(f"git -C {shlex.quote(REPO)} archive {shlex.quote(args.rev)} search_space "
                        f"| tar -x -C {shlex.quote(src)}", shell=True, check=True)
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join([src, REPO, env.get("PYTHONPATH", "")])  # REPO: orchestrator.steps
     else:
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return [sys.executable, os.path.abspath(__file__), "--child", *argv], env
@@ -260,6 +266,7 @@ def child_cmd(base: list[str], extra: list[str]) -> tuple[list[str], dict]:
 def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: list[float]) -> dict:
     w = [t for r in runs for t in r["weight_step_s"]]
     a = [t for r in runs for t in r["arch_step_s"]]
+    both = [t for r in runs for t in r.get("search_step_s", [])]
     first = runs[0]
     res = {
         "variant": label,
@@ -271,6 +278,7 @@ def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: lis
         "processes": len(runs), "steps": len(w),
         "weight_step_s": {"median": statistics.median(w), "min": min(w)},
         "arch_step_s": {"median": statistics.median(a) if a else None, "min": min(a) if a else None},
+        "search_step_s": {"median": statistics.median(both) if both else None, "min": min(both) if both else None},
         # CPU time of the process: less sensitive than wall time to other processes on a shared machine
         # (with several threads it also counts their spin-waits).
         "weight_step_cpu_s": statistics.median(t for r in runs for t in r["weight_step_cpu_s"]),
@@ -305,6 +313,8 @@ def add_vs_port(res: dict, args: argparse.Namespace, port: dict | None) -> None:
     res["vs_port"] = {"port_step_s": ref[0], "port_peak_rss_gb": ref[1], "source": ref[2],
                       "step_ratio": round(res["weight_step_s"]["median"] / ref[0], 3),
                       "rss_ratio": round(res["peak_rss_gb"] / ref[1], 3)}
+    if res["search_step_s"]["median"] is not None:  # the port has no cheaper arch step: two of its steps
+        res["vs_port"]["search_step_ratio"] = round(res["search_step_s"]["median"] / (2 * ref[0]), 3)
 
 
 def main(argv: list[str] | None = None) -> int:

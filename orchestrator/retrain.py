@@ -28,7 +28,8 @@ from orchestrator.config import ExperimentConfig, config_from_dict, config_to_di
 from orchestrator.data import load_dataset, make_loader
 from orchestrator.metrics import iou_from_confusion, nan_to_none, pixel_accuracy
 from orchestrator.run_search import run_dir, torch_trainer
-from orchestrator.search_loop import EPOCHS_DIR, _all_reduce, _autocast, _inputs, evaluate, report, say, setup_process
+from orchestrator.search_loop import EPOCHS_DIR, _all_reduce, evaluate, report, say, setup_process
+from orchestrator.steps import StepOptions, autocast, inputs
 from search_space import DiscreteNet, Genotype
 
 
@@ -52,7 +53,7 @@ def _loaders(cfg: ExperimentConfig, rank: int, world: int):
         raise ValueError(f"data: the training split has {len(train)} images, fewer than retrain.batch_size "
                          f"({r.batch_size}) x retrain.num_workers ({world})")
     loader = make_loader(train, r.batch_size, shuffle=True, num_workers=d.loader_workers, seed=cfg.runtime.seed,
-                         drop_last=True)
+                         drop_last=True, pin_memory=cfg.scaling.use_gpu)
     shard = torch.utils.data.Subset(val, list(range(rank, len(val), world)))
     val_loader = torch.utils.data.DataLoader(shard, batch_size=d.val_batch_size, num_workers=d.loader_workers)
     return (ray.train.torch.prepare_data_loader(loader),
@@ -100,6 +101,7 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(net)
     device = ray.train.torch.get_device()
     criterion = nn.CrossEntropyLoss(ignore_index=train_ds.ignore_index)
+    opts = StepOptions.from_config(cfg)
     total = r.epochs * len(train_loader)
     writer = _writer(loop_config, rank)
     for epoch in range(start_epoch, r.epochs):
@@ -111,8 +113,8 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(cfg, device):
-                logits = model(_inputs(x, cfg))
+            with autocast(opts, device):
+                logits = model(inputs(x, opts))
             loss = criterion(logits.float(), y)
             loss.backward()
             optimizer.step()

@@ -2,10 +2,10 @@
 
 `train_fn_per_worker` knows nothing about Tune. Each step updates the supernet weights on a trainA batch (SGD,
 cosine learning rate) and, from the warmup epoch on, alpha and beta on a trainB batch (Adam): the paper's
-first-order alternation. alpha and beta are parameters of the DDP-wrapped module, so their gradients are
-averaged across workers by the same all-reduce as the weights', and identical gradients into identical Adam
-states keep them identical on every worker. Each backward fills gradients for all parameters (DDP needs that);
-each step clears them first, so the weight step never sees architecture gradients and vice versa.
+first-order alternation (`orchestrator.steps`). The weight step runs through the DDP-wrapped model, so DDP
+averages the weight gradients across workers. The arch step computes alpha's and beta's gradients only, on the
+unwrapped network outside DDP's reducer, and averages them with one explicit all-reduce: no weight gradient is
+computed or sent for it. Identical gradients into identical optimizer states keep every worker identical.
 
 The learning-rate schedule is per step: cosine from ``search.lr`` to ``search.lr_min`` over
 ``epochs x steps_per_epoch`` steps, computed in closed form from the global step (no accumulated rounding, and
@@ -32,7 +32,6 @@ from the checkpoint and continues the same search.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -66,6 +65,7 @@ from orchestrator.metrics import (
     param_free_ops,
     pixel_accuracy,
 )
+from orchestrator.steps import StepOptions, arch_step, autocast, inputs, weight_step
 from search_space import SuperNet
 
 PREVIEW_IMAGES = 2
@@ -136,7 +136,8 @@ def build_data(cfg: ExperimentConfig, rank: int, world: int) -> SearchData:
 
     def infinite(ds: Any, seed: int) -> InfiniteLoader:
         loader = make_loader(ds, d.batch_size, shuffle=True, num_workers=d.loader_workers, seed=seed,
-                             drop_last=True)  # drop_last: a 1-image batch breaks batch norm at rate 32
+                             drop_last=True,  # drop_last: a 1-image batch breaks batch norm at rate 32
+                             pin_memory=cfg.scaling.use_gpu)  # page-locked: Ray's copy to the GPU overlaps
         return InfiniteLoader(ray.train.torch.prepare_data_loader(loader))
 
     loader_a = infinite(train_a, cfg.runtime.seed)
@@ -234,32 +235,6 @@ def sync_error(net: SuperNet) -> float:
 # ---------------------------------------------------------------------------------------------- steps
 
 
-def _autocast(cfg: ExperimentConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.runtime.bf16 else contextlib.nullcontext()
-
-
-def _inputs(x: torch.Tensor, cfg: ExperimentConfig) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if cfg.runtime.channels_last else x
-
-
-def update(model: nn.Module, net: SuperNet, batch: Any, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-           cfg: ExperimentConfig, device: torch.device, clip: list[nn.Parameter] | None = None) -> torch.Tensor:
-    """One forward/backward through the DDP ``model`` and a step of ``optimizer`` (weights or alpha/beta).
-
-    Every parameter's gradient is cleared first: the other half of the alternation left gradients behind.
-    """
-    x, y = batch
-    net.zero_grad(set_to_none=True)
-    with _autocast(cfg, device):
-        logits = model(_inputs(x, cfg))
-    loss = criterion(logits.float(), y)
-    loss.backward()
-    if clip is not None and cfg.search.grad_clip:
-        nn.utils.clip_grad_norm_(clip, cfg.search.grad_clip)
-    optimizer.step()
-    return loss.detach()
-
-
 @torch.no_grad()
 def evaluate(net: SuperNet, loader: Any, num_classes: int, ignore_index: int, cfg: ExperimentConfig,
              device: torch.device, keep: int = 0) -> dict[str, Any]:
@@ -269,10 +244,11 @@ def evaluate(net: SuperNet, loader: Any, num_classes: int, ignore_index: int, cf
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     loss_sum, pixels = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     preview = None
+    opts = StepOptions.from_config(cfg)
     criterion = nn.CrossEntropyLoss(ignore_index=ignore_index, reduction="sum")
     for x, y in loader:
-        with _autocast(cfg, device):
-            logits = net(_inputs(x, cfg)).float()
+        with autocast(opts, device):
+            logits = net(inputs(x, opts)).float()
         pred = logits.argmax(1)
         cm += confusion_matrix(pred, y, num_classes, ignore_index)
         loss_sum += float(criterion(logits, y))
@@ -498,7 +474,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     weight_opt, arch_opt = make_optimizers(net, cfg)
     if state is not None:
         restore(state, net, weight_opt, arch_opt, data, rank, world)
-    weights = net.weight_parameters()
+    opts = StepOptions.from_config(cfg)
     weight = (class_weights(data.train_ds, data.num_classes, data.ignore_index).to(device)
               if cfg.search.class_weights else None)
     criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.ignore_index)
@@ -526,9 +502,9 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             lr = cosine_lr(step, total, s.lr, s.lr_min)
             for group in weight_opt.param_groups:
                 group["lr"] = lr
-            sums[0] += update(model, net, data.train_a.next(), weight_opt, criterion, cfg, device, clip=weights)
+            sums[0] += weight_step(model, net, data.train_a.next(), weight_opt, criterion, opts, device)
             if arch_on:
-                sums[1] += update(model, net, data.train_b.next(), arch_opt, criterion, cfg, device)
+                sums[1] += arch_step(net, data.train_b.next(), arch_opt, criterion, opts, device)
             step += 1
             if (i + 1) % DIVERGENCE_CHECK_STEPS == 0 and i + 1 < steps and _nonfinite(sums):
                 break  # every rank breaks at the same step: the flag is all-reduced
