@@ -58,3 +58,17 @@ def test_bench_supernet_times_the_port_in_the_same_rounds(tmp_path: Path):
     assert base["vs_port"]["source"].startswith("measured in this run")
     assert base["vs_port"]["step_ratio"] == pytest.approx(
         base["weight_step_s"]["median"] / port["weight_step_s"]["median"], abs=1e-3)
+    assert base["vs_port"]["search_step_ratio"] == pytest.approx(  # weight + arch against two port steps
+        base["search_step_s"]["median"] / (2 * port["weight_step_s"]["median"]), abs=1e-3)
+
+
+def test_bench_data_measures_the_pipeline_against_decoding():
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_data.py"), "--images", "2", "--rounds",
+                           "1", "--size", "320x160", "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("pipeline_images_per_s", "reference_images_per_s", "decode_images_per_s"):
+        assert out[key] > 0
+    assert out["pipeline_over_decode"] == pytest.approx(
+        out["pipeline_images_per_s"] / out["decode_images_per_s"], abs=2e-3)
+    assert out["loader_workers_per_gpu"] >= 1 and out["config"]["crop_size"] == 321

@@ -415,6 +415,31 @@ def test_train_transform_scales_flips_and_pads():
     assert flips == {True, False} and len(scales) > 5 and pads > 0
 
 
+@pytest.mark.parametrize("size,crop,scale_range", [((41, 67), 32, (0.5, 2.0)), ((40, 56), 32, (0.5, 0.5)),
+                                                     ((64, 128), 48, (1.0, 1.0)), ((30, 30), 40, (0.7, 1.3))])
+def test_fast_train_crop_equals_the_reference_transform(size, crop, scale_range):
+    """`fast_crop.train_crop` on the decoded file == `TrainTransform` on the full normalized tensors with the
+    same seed: labels exactly, images within uint8 rounding (half a level over the std)."""
+    from orchestrator.data.common import identity_lut
+    from orchestrator.data.fast_crop import train_crop
+
+    rng = np.random.default_rng(sum(size))
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx * yy) % 256], -1).astype(np.uint8)
+    rgb = np.clip(rgb.astype(int) + rng.integers(-20, 20, rgb.shape), 0, 255).astype(np.uint8)
+    raw = rng.integers(0, 6, size).astype(np.uint8)
+    raw[:3] = 255
+    lut, transform = identity_lut(6), TrainTransform(crop, scale_range)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        fast_image, fast_label = train_crop(Image.fromarray(rgb), raw, lut, transform)
+        torch.manual_seed(seed)
+        ref_image, ref_label = transform(*to_tensors(rgb, lut[raw].astype(np.int64)))
+        assert torch.equal(fast_label, ref_label)
+        torch.testing.assert_close(fast_image, ref_image, rtol=0, atol=1.01 / 255 / 0.224)
+
+
 def test_eval_transform_is_deterministic_and_keeps_the_full_image():
     ds = _synthetic("val", image_size=48)
     torch.testing.assert_close(ds[2], ds[2], rtol=0, atol=0)

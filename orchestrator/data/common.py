@@ -27,15 +27,21 @@ class DataError(ValueError):
     """A dataset on disk (or a data option) is not what the loader expects; the message says where and why."""
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB image as uint8 H x W x 3 (grayscale or palette images are expanded to RGB)."""
+def open_image(path: Path) -> Image.Image:
+    """An RGB image, decoded, as a PIL image (grayscale or palette images are expanded to RGB)."""
     try:
         with Image.open(path) as img:
-            return np.array(img.convert("RGB"), dtype=np.uint8)
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
     except Exception as err:  # PIL raises several types for unreadable or truncated files
         raise DataError(f"cannot read image {path}: {err}; expected a readable PNG/JPEG image") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB image as uint8 H x W x 3 (grayscale or palette images are expanded to RGB)."""
+    return np.array(open_image(path), dtype=np.uint8)
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -74,18 +80,24 @@ def map_label(raw: np.ndarray, lut: np.ndarray, path: Path, valid: str) -> np.nd
         path: the label file, for the error message.
         valid: human description of the valid raw values, for the error message.
     """
-    mapped = lut[raw]
-    if (mapped == INVALID).any():
-        bad = np.unique(raw[mapped == INVALID])
+    check_label(raw, lut, path, valid)
+    return lut[raw].astype(np.int64)
+
+
+def check_label(raw: np.ndarray, lut: np.ndarray, path: Path, valid: str) -> None:
+    """Raise naming ``path`` if ``raw`` holds a value that ``lut`` marks `INVALID` (one histogram of the file)."""
+    present = np.flatnonzero(np.bincount(raw.ravel(), minlength=256))
+    bad = present[lut[present] == INVALID]
+    if len(bad):
         shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
         raise DataError(f"label {path} contains values {shown} that are neither a class nor ignore: expected {valid}")
-    return mapped.astype(np.int64)
 
 
-def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
-    """Raise if image and label differ in height or width."""
-    if image.shape[:2] != label.shape[:2]:
-        (ih, iw), (lh, lw) = image.shape[:2], label.shape[:2]
+def check_same_size(image_hw: tuple[int, int], label_hw: tuple[int, int], image_path: Path,
+                    label_path: Path) -> None:
+    """Raise if image and label (their (height, width)) differ in height or width."""
+    if tuple(image_hw) != tuple(label_hw):
+        (ih, iw), (lh, lw) = image_hw, label_hw
         raise DataError(
             f"image {image_path} is {iw}x{ih} but its label {label_path} is {lw}x{lh}: "
             f"expected the same width and height"

@@ -14,7 +14,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from orchestrator.data.common import IGNORE_INDEX, DataError, check_same_size, map_label, read_image, read_label
+from orchestrator.data.common import (
+    IGNORE_INDEX,
+    DataError,
+    check_label,
+    check_same_size,
+    map_label,
+    open_image,
+    read_image,
+    read_label,
+)
+from orchestrator.data.fast_crop import train_crop
 from orchestrator.data.formats import FORMATS, Pair
 from orchestrator.data.synthetic import DEFAULT_SIZE, SyntheticSegmentation
 from orchestrator.data.transforms import EvalTransform, TrainTransform, to_tensors
@@ -58,10 +68,16 @@ class FileSegmentation(Dataset):
         """The checked pair at ``index``: uint8 H x W x 3 image and int64 H x W training ids."""
         image_path, label_path = self.pairs[index]
         image, raw = read_image(image_path), read_label(label_path)
-        check_same_size(image, raw, image_path, label_path)
+        check_same_size(image.shape[:2], raw.shape, image_path, label_path)
         return image, map_label(raw, self.lut, label_path, self.valid)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.transform, TrainTransform):  # the fast path: work on the crop only (`fast_crop`)
+            image_path, label_path = self.pairs[index]
+            image, raw = open_image(image_path), read_label(label_path)
+            check_same_size((image.height, image.width), raw.shape, image_path, label_path)
+            check_label(raw, self.lut, label_path, self.valid)
+            return train_crop(image, raw, self.lut, self.transform)
         image, label = to_tensors(*self.load(index))
         return self.transform(image, label) if self.transform is not None else (image, label)
 

@@ -9,6 +9,8 @@ from its own generator, so augmentation is reproducible from the loader's seed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -51,6 +53,17 @@ def pad_to(image: torch.Tensor, label: torch.Tensor, height: int, width: int) ->
     return F.pad(image, (0, dw, 0, dh), value=0.0), F.pad(label, (0, dw, 0, dh), value=IGNORE_INDEX)
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One training sample's random choices: the scaled size (H, W), the crop's top-left corner in the scaled
+    and padded image, and whether to flip."""
+
+    size: tuple[int, int]
+    top: int
+    left: int
+    flip: bool
+
+
 class TrainTransform:
     """Random scale, pad, random crop and horizontal flip of a normalized image and its label.
 
@@ -68,17 +81,23 @@ class TrainTransform:
             raise DataError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
         self.crop_size, self.scale_range, self.flip = crop_size, (float(low), float(high)), flip
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, height: int, width: int) -> Draw:
+        """The random choices for one ``height`` x ``width`` image, drawn in the order `__call__` uses them."""
         low, high = self.scale_range
         scale = low + (high - low) * torch.rand(()).item()
-        h, w = image.shape[1:]
-        image, label = rescale(image, label, (max(round(h * scale), 1), max(round(w * scale), 1)))
+        size = (max(round(height * scale), 1), max(round(width * scale), 1))
         c = self.crop_size
+        top = torch.randint(max(size[0], c) - c + 1, ()).item()
+        left = torch.randint(max(size[1], c) - c + 1, ()).item()
+        flip = bool(self.flip and torch.rand(()).item() < 0.5)
+        return Draw(size, top, left, flip)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d, c = self.draw(*image.shape[1:]), self.crop_size
+        image, label = rescale(image, label, d.size)
         image, label = pad_to(image, label, c, c)
-        top = torch.randint(image.shape[1] - c + 1, ()).item()
-        left = torch.randint(image.shape[2] - c + 1, ()).item()
-        image, label = image[:, top:top + c, left:left + c], label[top:top + c, left:left + c]
-        if self.flip and torch.rand(()).item() < 0.5:
+        image, label = image[:, d.top:d.top + c, d.left:d.left + c], label[d.top:d.top + c, d.left:d.left + c]
+        if d.flip:
             image, label = image.flip(-1), label.flip(-1)
         return image.contiguous(), label.contiguous()
 
