@@ -154,6 +154,12 @@ class SelectionConfig:
     # by its last level's head alone, trained as one term of a sum over levels, so scores compare poorly across
     # depths; the short retrains compare them instead.
     one_per_depth: bool = False
+    # Where the candidates after the first come from. "decoded": the decoded cell on the next-best paths (by beta,
+    # or by the supernet's score with path=supernet). "sampled": distinct genotypes drawn from the search's alpha
+    # and beta (search_space.sample_tilted_genotypes): uniform over the space where they are flat, concentrated
+    # where the search learned a preference. The first candidate is always the one `path` selects.
+    candidates: str = "decoded"
+    temperature: float = 1.0  # of the sampled candidates: below 1 sharpens what alpha/beta prefer, above flattens
     short_epochs: int = 5  # epochs of a short retrain (ASHA's max_t), with the retrain section's other settings
     grace_period: int = 2  # ASHA: epochs before a short retrain may be stopped
     reduction_factor: int = 2  # ASHA keeps 1/2 of the short retrains at each rung
@@ -191,6 +197,7 @@ SEARCH_SPACE_KEY_DEFAULTS = {"head": "aspp"}
 """What a checkpoint made before a search-space key existed had, for that key."""
 
 PATH_SELECTIONS = ("viterbi", "supernet")
+CANDIDATE_SOURCES = ("decoded", "sampled")
 
 STRIDE = 32
 """The network's largest downsample rate: crops smaller than this have no rate-32 level."""
@@ -416,6 +423,9 @@ def _validate_selection(s: SelectionConfig, src: str) -> None:
     _check(s.recalibration_batches >= 0, src, "selection.recalibration_batches", s.recalibration_batches,
            "an integer >= 0")
     _check(s.reduction_factor >= 2, src, "selection.reduction_factor", s.reduction_factor, "an integer >= 2")
+    _check(s.candidates in CANDIDATE_SOURCES, src, "selection.candidates", s.candidates,
+           f"one of {', '.join(CANDIDATE_SOURCES)}")
+    _check(s.temperature > 0, src, "selection.temperature", s.temperature, "a value > 0")
 
 
 def _validate_validation(v: ValidationConfig, src: str) -> None:

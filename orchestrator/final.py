@@ -21,7 +21,7 @@ from orchestrator.atomic import save_figure, write_json, write_text
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.figures import cell_figure, path_figure
 from orchestrator.supernet_score import load_supernet, read_search_state, select_path
-from search_space import Genotype, decode_cell, decode_path
+from search_space import Genotype, decode_cell, decode_path, sample_tilted_genotypes
 from search_space.decoding import top_paths
 
 FINAL_DIR = "final"
@@ -37,16 +37,26 @@ def genotype_from_checkpoint(checkpoint_path: str) -> Genotype:
 
 def candidate_genotypes(cfg: ExperimentConfig, checkpoint_path: str, final_dir: str) -> list[Genotype]:
     """The architectures the final step may retrain, best first (at least ``selection.top_k`` where the space
-    has them): with ``selection.path: viterbi`` the decoded cell on the most probable paths under beta (the first
-    is the paper's decoding); with ``supernet`` on the paths the trained supernet scores best (the scores go to
-    ``path_scores.json``)."""
+    has them). The first is the one ``selection.path`` selects: the paper's decoding (``viterbi``) or the decoded
+    cell on the path the trained supernet scores best (``supernet``, scores in ``path_scores.json``). The rest,
+    with ``selection.candidates: decoded``, put the decoded cell on the next-best paths by the same ranking; with
+    ``sampled``, they are distinct genotypes drawn from alpha and beta (`sample_tilted_genotypes`)."""
+    s = cfg.selection
+    ranked = _ranked_paths(cfg, checkpoint_path, final_dir)
+    model = read_search_state(checkpoint_path)["model"]
+    cell = decode_cell(model["alpha"])
+    if s.candidates == "sampled":
+        return sample_tilted_genotypes(model["alpha"], model["beta"], s.top_k, seed=cfg.runtime.seed,
+                                       temperature=s.temperature, first=Genotype(cell=cell, path=ranked[0]))
+    return [Genotype(cell=cell, path=path) for path in ranked[:max(s.top_k, 1)]]
+
+
+def _ranked_paths(cfg: ExperimentConfig, checkpoint_path: str, final_dir: str) -> list[tuple[int, ...]]:
+    """Paths best first: by beta (Viterbi, then the k-best) or by the trained supernet's score."""
     s = cfg.selection
     if s.path == "viterbi":
-        if s.top_k == 1:
-            return [genotype_from_checkpoint(checkpoint_path)]
-        model = read_search_state(checkpoint_path)["model"]
-        cell = decode_cell(model["alpha"])
-        return [Genotype(cell=cell, path=path) for path, _ in top_paths(model["beta"], s.top_k)]
+        beta = read_search_state(checkpoint_path)["model"]["beta"]
+        return [decode_path(beta)] + [p for p, _ in top_paths(beta, s.top_k) if p != decode_path(beta)]
     trained = load_supernet(checkpoint_path, cfg)
     threads = max(1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))
     genotype, rows = select_path(trained, threads)
@@ -54,11 +64,9 @@ def candidate_genotypes(cfg: ExperimentConfig, checkpoint_path: str, final_dir: 
                                                       "selected": genotype.to_dict(), "candidates": rows})
     print(f"path selection: {len(rows)} candidate paths scored by the supernet; viterbi "
           f"{list(trained.genotype().path)}, best scored {list(genotype.path)}", flush=True)
-    ranked = sorted(range(len(rows)), key=lambda i: (-rows[i]["supernet_miou"], i))
-    paths = [tuple(rows[i]["path"]) for i in ranked]
-    if s.one_per_depth:
-        paths = one_per_depth(paths)
-    return [Genotype(cell=genotype.cell, path=path) for path in paths]
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["supernet_miou"], i))
+    paths = [tuple(rows[i]["path"]) for i in order]
+    return one_per_depth(paths) if s.one_per_depth else paths
 
 
 def one_per_depth(paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:

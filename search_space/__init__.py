@@ -14,6 +14,9 @@ from search_space.sampling import (
     sample_genotype,
     sample_genotypes,
     sample_path,
+    sample_tilted_cell,
+    sample_tilted_genotypes,
+    sample_tilted_path,
     space_size,
 )
 from search_space.supernet import SuperNet
@@ -24,5 +27,6 @@ __all__ = [
     "Genotype", "GenotypeError", "SuperNet", "autodeeplab", "beta_mask", "decode_cell", "decode_path", "num_edges",
     "reachable_levels", "transition_probs",
     "CELL_OPS", "PARAMETER_FREE", "count_cells", "count_paths", "legal_cells", "legal_paths", "sample_cell",
-    "sample_genotype", "sample_genotypes", "sample_path", "space_size",
+    "sample_genotype", "sample_genotypes", "sample_path", "sample_tilted_cell", "sample_tilted_genotypes",
+    "sample_tilted_path", "space_size",
 ]

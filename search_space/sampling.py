@@ -158,3 +158,103 @@ def sample_genotypes(layers: int, blocks: int, k: int, seed: int,
             seen.add(genotype)
             drawn.append(genotype)
     return drawn
+
+
+# ------------------------------------------------------------------------------------------------ tilted
+# Genotypes drawn from what a search learned, over the same canonical space: P(genotype) proportional to
+# exp((sum of the centred beta logits on its path + sum of the alpha log-probabilities of its chosen (edge, op)
+# pairs) / temperature). Beta is centred per node (minus the mean over the node's legal outgoing edges), alpha is
+# log-softmaxed per edge over all of PRIMITIVES (so an edge strong in `none` is drawn less, as `decode_cell`
+# ranks it lower). With flat alpha and beta this is exactly the uniform draw above; as the search learns it
+# concentrates on what alpha and beta prefer. Unlike beta's transition probabilities (normalized per node, which
+# favour the levels with two outgoing edges when beta is flat) it adds no prior of its own.
+
+
+def _path_weights(beta: list, temperature: float) -> list[list[float]]:
+    """``w[l][level]``: the summed tilt of the legal ways to fill layers l+1..L from ``level`` at layer l."""
+    layers = len(beta)
+    w = [[1.0] * NUM_LEVELS]
+    for layer in reversed(range(layers)):
+        after = w[0]
+        w.insert(0, [sum(math.exp(beta[layer][level][d] / temperature) * after[level + step]
+                         for d, step in enumerate(DIRECTIONS) if 0 <= level + step < NUM_LEVELS)
+                     for level in range(NUM_LEVELS)])
+    return w
+
+
+def _centred_beta(beta: list) -> list:
+    """Each node's legal outgoing logits minus their mean (softmax is blind to a per-node shift)."""
+    out = []
+    for layer in beta:
+        rows = []
+        for level, row in enumerate(layer):
+            legal = [d for d, step in enumerate(DIRECTIONS) if 0 <= level + step < NUM_LEVELS]
+            mean = sum(row[d] for d in legal) / len(legal)
+            rows.append([v - mean for v in row])
+        out.append(rows)
+    return out
+
+
+def _log_softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    log_z = top + math.log(sum(math.exp(v - top) for v in row))
+    return [v - log_z for v in row]
+
+
+def _pick(weights: list[float], rng: random.Random) -> int:
+    r, total = rng.random() * sum(weights), 0.0
+    for i, weight in enumerate(weights):
+        total += weight
+        if r < total:
+            return i
+    return len(weights) - 1
+
+
+def sample_tilted_path(beta: list, rng: random.Random, temperature: float = 1.0) -> tuple[int, ...]:
+    """A path drawn with probability proportional to exp(sum of its beta logits / temperature); ``beta`` is
+    ``[layers][levels][directions]`` (nested lists or a tensor)."""
+    beta = _centred_beta(beta.tolist() if hasattr(beta, "tolist") else beta)
+    w = _path_weights(beta, temperature)
+    level, path = 0, []
+    for layer in range(len(beta)):
+        moves = [(level + step, math.exp(beta[layer][level][d] / temperature) * w[layer + 1][level + step])
+                 for d, step in enumerate(DIRECTIONS) if 0 <= level + step < NUM_LEVELS]
+        level = moves[_pick([m[1] for m in moves], rng)][0]
+        path.append(level)
+    return tuple(path)
+
+
+def sample_tilted_cell(alpha: list, rng: random.Random, temperature: float = 1.0) -> tuple[Block, ...]:
+    """A cell drawn with probability proportional to exp(sum of the alpha logits of its (edge, op) choices /
+    temperature); ``alpha`` is ``[edges][len(PRIMITIVES)]`` (nested lists or a tensor), edges block by block."""
+    alpha = [_log_softmax(row) for row in (alpha.tolist() if hasattr(alpha, "tolist") else alpha)]
+    ops = [PRIMITIVES.index(op) for op in CELL_OPS]
+    cell, start, block = [], 0, 0
+    while start < len(alpha):
+        inputs = block + 2
+        op_w = [[math.exp(alpha[start + j][k] / temperature) for k in ops] for j in range(inputs)]
+        pairs = list(itertools.combinations(range(inputs), 2))
+        a, b = pairs[_pick([sum(op_w[a]) * sum(op_w[b]) for a, b in pairs], rng)]
+        cell.append(((CELL_OPS[_pick(op_w[a], rng)], a), (CELL_OPS[_pick(op_w[b], rng)], b)))
+        start, block = start + inputs, block + 1
+    return tuple(cell)
+
+
+def sample_tilted_genotypes(alpha: list, beta: list, k: int, seed: int, temperature: float = 1.0,
+                            first: Genotype | None = None, max_draws: int = 10_000) -> list[Genotype]:
+    """Up to ``k`` distinct genotypes: ``first`` (e.g. the decoded one) if given, then tilted draws, in the order
+    drawn; fewer than ``k`` only when ``max_draws`` draws found no more distinct ones."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    rng = random.Random(seed)
+    drawn = [_canonical(first)] if first is not None else []
+    seen = set(drawn)
+    for _ in range(max_draws):
+        if len(drawn) >= k:
+            break
+        genotype = Genotype(cell=sample_tilted_cell(alpha, rng, temperature),
+                            path=sample_tilted_path(beta, rng, temperature))
+        if genotype not in seen:
+            seen.add(genotype)
+            drawn.append(genotype)
+    return drawn[:k]

@@ -88,6 +88,8 @@ def test_unknown_override_key_is_refused(tmp_path: Path):
     ({"search_space": {"head": "fpn"}}, "search_space.head"),
     ({"selection": {"path": "greedy"}}, "selection.path"),
     ({"selection": {"top_k": 0}}, "selection.top_k"),
+    ({"selection": {"candidates": "random"}}, "selection.candidates"),
+    ({"selection": {"temperature": 0}}, "selection.temperature"),
     ({"selection": {"path_candidates": 0}}, "selection.path_candidates"),
     ({"selection": {"recalibration_batches": -1}}, "selection.recalibration_batches"),
     ({"selection": {"reduction_factor": 1}}, "selection.reduction_factor"),

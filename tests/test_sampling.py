@@ -8,10 +8,12 @@ import random
 from collections import Counter
 
 import pytest
+import torch
 
 from search_space import (
     AUTODEEPLAB,
     CELL_OPS,
+    PRIMITIVES,
     Genotype,
     count_cells,
     count_paths,
@@ -21,6 +23,9 @@ from search_space import (
     sample_genotype,
     sample_genotypes,
     sample_path,
+    sample_tilted_cell,
+    sample_tilted_genotypes,
+    sample_tilted_path,
     space_size,
 )
 from search_space.genotypes import _check_path
@@ -147,3 +152,66 @@ def test_exclusion_ignores_pair_order_and_other_spaces():
 def test_empty_spaces_are_refused(layers: int, blocks: int):
     with pytest.raises(ValueError, match="must be >= 1"):
         sample_genotype(layers, blocks, random.Random(0))
+
+
+# ------------------------------------------------------------------------------------------------ tilted
+
+
+def _exact_path_probs(beta: torch.Tensor) -> dict[tuple[int, ...], float]:
+    """P(path) proportional to exp(sum of the node-centred beta logits on it), by enumeration."""
+    centred = beta.clone()
+    for layer in range(beta.shape[0]):
+        for level in range(4):
+            legal = [d for d, step in enumerate((-1, 0, 1)) if 0 <= level + step < 4]
+            centred[layer, level, legal] -= beta[layer, level, legal].mean()
+    weights = {}
+    for path in legal_paths(beta.shape[0]):
+        prev, total = 0, 0.0
+        for layer, level in enumerate(path):
+            total += float(centred[layer, prev, level - prev + 1])
+            prev = level
+        weights[path] = math.exp(total)
+    z = sum(weights.values())
+    return {p: w / z for p, w in weights.items()}
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_tilted_paths_follow_beta_and_are_uniform_when_it_is_flat(scale):
+    torch.manual_seed(1)
+    beta = scale * torch.randn(3, 4, 3)
+    exact = _exact_path_probs(beta)
+    if scale == 0.0:
+        assert max(exact.values()) == pytest.approx(1 / count_paths(3))
+    rng, n = random.Random(0), 6000
+    counts = Counter(sample_tilted_path(beta, rng) for _ in range(n))
+    assert set(counts) <= set(exact)
+    assert max(abs(counts[p] / n - q) for p, q in exact.items()) < 0.02
+
+
+def test_tilted_cell_follows_alpha_exactly_on_one_block():
+    torch.manual_seed(2)
+    alpha = torch.randn(2, len(PRIMITIVES))
+    logp = torch.log_softmax(alpha, dim=-1)
+    exact = {cell: math.exp(sum(float(logp[j, PRIMITIVES.index(op)]) for op, j in cell[0]))
+             for cell in legal_cells(1)}
+    z = sum(exact.values())
+    rng, n = random.Random(0), 8000
+    counts = Counter(sample_tilted_cell(alpha, rng) for _ in range(n))
+    assert set(counts) <= set(exact)
+    assert max(abs(counts[c] / n - w / z) for c, w in exact.items()) < 0.02
+
+
+def test_tilted_genotypes_are_distinct_legal_and_keep_the_first():
+    torch.manual_seed(3)
+    alpha, beta = torch.randn(9, len(PRIMITIVES)), torch.randn(4, 4, 3)
+    first = sample_genotype(4, 3, random.Random(9))
+    drawn = sample_tilted_genotypes(alpha, beta, 8, seed=0, first=first)
+    assert drawn[0] == first and len(set(drawn)) == 8
+    assert all(g.layers == 4 and g.blocks == 3 and all(b[0][1] < b[1][1] for b in g.cell) for g in drawn)
+    assert drawn == sample_tilted_genotypes(alpha, beta, 8, seed=0, first=first)  # reproducible
+    peaked = torch.full((4, 4, 3), -20.0)
+    for layer, (src, dst) in enumerate(zip((0, 1, 2, 2), (1, 2, 2, 3), strict=True)):
+        peaked[layer, src, dst - src + 1] = 20.0
+    assert {g.path for g in sample_tilted_genotypes(alpha, peaked, 5, seed=1)} == {(1, 2, 2, 3)}
+    with pytest.raises(ValueError, match="temperature"):
+        sample_tilted_genotypes(alpha, beta, 2, seed=0, temperature=0)

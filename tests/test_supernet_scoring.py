@@ -143,7 +143,24 @@ def test_final_candidates_rank_paths_with_the_decoded_cell(search_checkpoint, tm
     else:
         scores = {tuple(r["path"]): r["supernet_miou"]
                   for r in json.loads((tmp_path / "path_scores.json").read_text())["candidates"]}
-        assert [scores[g.path] for g in ranked] == sorted(scores.values(), reverse=True)
+        assert [scores[g.path] for g in ranked] == sorted(scores.values(), reverse=True)[:top_k]
+
+
+@pytest.mark.parametrize("path", ["viterbi", "supernet"])
+def test_sampled_candidates_follow_the_selected_first_one(search_checkpoint, tmp_path, path):
+    """selection.candidates=sampled: the first candidate is the one ``path`` selects, then distinct draws from
+    alpha and beta (search_space.sample_tilted_genotypes)."""
+    from orchestrator.final import candidate_genotypes
+    from orchestrator.supernet_score import load_supernet
+
+    ckpt, net, _ = search_checkpoint
+    cfg = load_supernet(ckpt).cfg
+    cfg.selection.path, cfg.selection.candidates, cfg.selection.top_k = path, "sampled", 6
+    ranked = candidate_genotypes(cfg, ckpt, str(tmp_path))
+    cfg.selection.candidates, cfg.selection.top_k = "decoded", 1
+    assert ranked[0] == candidate_genotypes(cfg, ckpt, str(tmp_path))[0]
+    assert len(set(ranked)) == 6 and all(g.layers == 3 and g.blocks == 2 for g in ranked)
+    assert len({g.cell for g in ranked}) > 1  # cells are drawn too, not only paths
 
 
 @pytest.mark.parametrize(("paths", "expected"), [
