@@ -161,6 +161,10 @@ class SelectionConfig:
     candidates: str = "decoded"
     temperature: float = 1.0  # of the sampled candidates: below 1 sharpens what alpha/beta prefer, above flattens
     short_epochs: int = 5  # epochs of a short retrain (ASHA's max_t), with the retrain section's other settings
+    # true: each short retrain runs standalone in its Tune trial's own process (one worker with the global batch of
+    # retrain.num_workers workers, no checkpoints): no Train worker group to start per candidate, which on a small
+    # machine costs more than a short retrain itself. false: a TorchTrainer of retrain.num_workers workers.
+    in_process: bool = True
     grace_period: int = 2  # ASHA: epochs before a short retrain may be stopped
     reduction_factor: int = 2  # ASHA keeps 1/2 of the short retrains at each rung
 

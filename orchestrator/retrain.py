@@ -43,7 +43,7 @@ def build_retrain_model(cfg: ExperimentConfig, genotype: Genotype, num_classes: 
                        ops=cfg.search_space.ops, stem_channels=tuple(cfg.search_space.stem_channels))
 
 
-def _loaders(cfg: ExperimentConfig, rank: int, world: int):
+def _loaders(cfg: ExperimentConfig, rank: int, world: int, standalone: bool = False):
     d, r = cfg.data, cfg.retrain
     train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=r.crop_size,
                          **{**d.options, **r.data_options})
@@ -56,6 +56,8 @@ def _loaders(cfg: ExperimentConfig, rank: int, world: int):
                          drop_last=True, pin_memory=cfg.scaling.use_gpu)
     shard = torch.utils.data.Subset(val, list(range(rank, len(val), world)))
     val_loader = torch.utils.data.DataLoader(shard, batch_size=d.val_batch_size, num_workers=d.loader_workers)
+    if standalone:
+        return loader, val_loader, train
     return (ray.train.torch.prepare_data_loader(loader),
             ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False), train)
 
@@ -88,18 +90,30 @@ def _resume(net: nn.Module, optimizer: torch.optim.Optimizer, genotype: Genotype
 
 
 def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Retrain ``loop_config["genotype"]`` on this Ray Train worker. With ``loop_config["standalone"]`` it runs in
+    the calling process instead, as the only worker, without any `ray.train` API (which refuses to run inside a
+    Tune trial): no DDP, no checkpoint, reports only to `report_listener` functions (a Tune trial's)."""
     cfg = config_from_dict(loop_config["config"], "retrain loop config")
     genotype = Genotype.from_dict(loop_config["genotype"], "retrain genotype")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    standalone = bool(loop_config.get("standalone"))
+    if standalone:
+        rank, world = 0, 1
+    else:
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
     setup_process(cfg, rank)
-    train_loader, val_loader, train_ds = _loaders(cfg, rank, world)
+    train_loader, val_loader, train_ds = _loaders(cfg, rank, world, standalone)
     net = build_retrain_model(cfg, genotype, train_ds.num_classes)
     r = cfg.retrain
     optimizer = torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    start_epoch, taken = _resume(net, optimizer, genotype, rank)
-    model = ray.train.torch.prepare_model(net)
-    device = ray.train.torch.get_device()
+    if standalone:
+        start_epoch, taken = 0, frozenset()
+        device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+        model = net.to(device)
+    else:
+        start_epoch, taken = _resume(net, optimizer, genotype, rank)
+        model = ray.train.torch.prepare_model(net)
+        device = ray.train.torch.get_device()
     criterion = nn.CrossEntropyLoss(ignore_index=train_ds.ignore_index)
     opts = StepOptions.from_config(cfg)
     total = r.epochs * len(train_loader)
@@ -109,6 +123,7 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
             train_loader.sampler.set_epoch(epoch)
         t0, loss_sum, images = time.time(), torch.zeros(1, dtype=torch.float64), 0
         for i, (x, y) in enumerate(train_loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # standalone: not moved yet
             lr = poly_lr(epoch * len(train_loader) + i, total, r.lr, r.poly_power)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -122,7 +137,7 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         seconds = time.time() - t0
         train_loss = float(_all_reduce(loss_sum)[0]) / world / max(len(train_loader), 1)
         if not math.isfinite(train_loss):
-            _stop_diverged(loop_config, epoch + 1, train_loss, lr, seconds, rank)
+            _stop_diverged(loop_config, epoch + 1, train_loss, lr, seconds, rank, standalone)
             break
         ev = evaluate(net, val_loader, train_ds.num_classes, train_ds.ignore_index, cfg, device)
         per_class, miou = iou_from_confusion(ev["cm"])
@@ -136,11 +151,11 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
             say(f"epoch {epoch + 1}/{r.epochs} train_loss={train_loss:.4f} val_loss={ev['loss']:.4f} "
                 f"val_miou={miou:.4f} {seconds:.1f}s", "retrain")
         state = None
-        if rank == 0:
+        if rank == 0 and not standalone:
             state = {"format_version": ckpt.FORMAT_VERSION, "model": net.state_dict(),
                      "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": (epoch + 1) * len(train_loader),
                      "genotype": genotype.to_dict(), "rng": ckpt.rng_state(), "config": config_to_dict(cfg)}
-        report(metrics, state, epoch + 1, taken)
+        report(metrics, state, epoch + 1, taken, to_ray=not standalone)
     if writer is not None:
         writer.close()
 
@@ -153,7 +168,7 @@ def _record(loop_config: dict[str, Any], metrics: dict[str, Any], rank: int) -> 
 
 
 def _stop_diverged(loop_config: dict[str, Any], epoch: int, train_loss: float, lr: float, seconds: float,
-                   rank: int) -> None:
+                   rank: int, standalone: bool = False) -> None:
     """Report a retrain whose loss turned NaN or infinite, without a checkpoint (the last healthy one stays the
     latest), and end it: raising would make Ray retry a deterministic failure ``runtime.max_failures`` times."""
     reason = (f"retrain diverged in epoch {epoch}: train_loss={train_loss:g}. Lower retrain.lr; the last "
@@ -164,7 +179,7 @@ def _stop_diverged(loop_config: dict[str, Any], epoch: int, train_loss: float, l
     metrics = {"epoch": epoch, "val_miou": nan, "val_loss": nan, "train_loss": train_loss, "lr": lr,
                "epoch_seconds": seconds, "diverged": True, "stop_reason": reason}
     _record(loop_config, metrics, rank)
-    report(metrics, None, epoch)
+    report(metrics, None, epoch, to_ray=not standalone)
 
 
 def _writer(loop_config: dict[str, Any], rank: int):

@@ -22,8 +22,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, with_overrides
-from orchestrator.retrain import make_retrain_trainer
-from orchestrator.run_search import ResourceError, read_epochs
+from orchestrator.retrain import make_retrain_trainer, retrain_fn_per_worker
+from orchestrator.run_search import ResourceError, read_epochs, run_dir
+from orchestrator.search_loop import report_listener
 from search_space import Genotype
 
 
@@ -49,27 +50,50 @@ def finished_retrain(directory: str, epochs: int) -> dict[str, Any] | None:
     return None
 
 
-def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str) -> None:
+def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_process: bool = False) -> None:
     """One retrain of ``config["trial"]["genotype"]`` with ``runtime.seed`` set to its ``seed``, reported to
-    Tune."""
+    Tune. ``in_process``: the retrain loop runs standalone in this trial's own process (one worker with the global
+    batch of ``retrain.num_workers`` workers, no `ray.train`), so no worker group starts; its reports reach Tune
+    through `report_listener`. It keeps no checkpoint: interrupted, it starts again."""
     config = config["trial"]
     cfg = with_overrides(config_from_dict(base, "retrain trial base config"), {"runtime.seed": config["seed"]},
                          f"retrain trial {config['label']} seed {config['seed']}")
+    if in_process:
+        r = cfg.retrain
+        cfg = with_overrides(cfg, {"retrain.batch_size": r.batch_size * r.num_workers, "retrain.num_workers": 1},
+                             f"in-process retrain trial {config['label']}")
     genotype = Genotype.from_dict(config["genotype"], f"retrain trial {config['label']}")
     name = run_name(genotype, config["seed"], cfg)
     ended = finished_retrain(os.path.join(runs, name), cfg.retrain.epochs)
     if ended is not None:
         tune.report(ended)
         return
+    if in_process:
+        directory = run_dir(runs, name)
+        with report_listener(tune.report):
+            retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
+                                   "run_dir": directory if "://" not in directory else None, "standalone": True})
+        return
     make_retrain_trainer(cfg, genotype, runs, name, callbacks=[TuneReportCallback()]).fit()
 
 
-def concurrency(cfg: ExperimentConfig, trial_cpus: float) -> int:
+def trial_resources(cfg: ExperimentConfig, in_process: bool) -> dict[str, float]:
+    """What one trial holds itself: the retrain's compute when in process, else the Tune trial's CPU share."""
+    sc = cfg.scaling
+    if not in_process:
+        return {"CPU": cfg.tune.trial_cpus}
+    return {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
+
+
+def concurrency(cfg: ExperimentConfig, trial_cpus: float, in_process: bool = False) -> int:
     """Retrains that fit at once on the cluster; ResourceError when not even one does."""
     sc = cfg.scaling
-    need = {"CPU": trial_cpus + cfg.retrain.num_workers * sc.cpus_per_worker}
-    if sc.use_gpu:
-        need["GPU"] = cfg.retrain.num_workers * sc.gpus_per_worker
+    if in_process:
+        need = trial_resources(cfg, True)
+    else:
+        need = {"CPU": trial_cpus + cfg.retrain.num_workers * sc.cpus_per_worker}
+        if sc.use_gpu:
+            need["GPU"] = cfg.retrain.num_workers * sc.gpus_per_worker
     have = ray.cluster_resources()
     fits = min(math.floor(have.get(key, 0.0) / value + 1e-9) for key, value in need.items())
     if fits < 1:
@@ -78,23 +102,26 @@ def concurrency(cfg: ExperimentConfig, trial_cpus: float) -> int:
     return fits
 
 
-def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str,
-               scheduler: Any = None) -> dict[tuple[str, int], dict[str, Any]]:
+def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, scheduler: Any = None,
+               in_process: bool = False) -> dict[tuple[str, int], dict[str, Any]]:
     """Fit (or continue) one trial per ``{"label", "genotype" (dict), "seed"}`` in ``path``, with ``cfg``'s retrain
-    section; returns each (label, seed)'s last reported metrics (``val_miou`` NaN when it failed)."""
+    section (each in its trial's process with ``in_process``, see `retrain_trial`); returns each (label, seed)'s
+    last reported metrics (``val_miou`` NaN when it failed)."""
     path = os.path.abspath(path)
     runs = os.path.join(path, "runs")
-    plan_key = hashlib.sha256(json.dumps([trials, config_to_dict(cfg)["retrain"]], sort_keys=True).encode())
+    plan = [trials, config_to_dict(cfg)["retrain"]] + ([{"in_process": True}] if in_process else [])
+    plan_key = hashlib.sha256(json.dumps(plan, sort_keys=True).encode())
     name = f"tune-{plan_key.hexdigest()[:8]}"
     trainable = tune.with_resources(
-        tune.with_parameters(retrain_trial, base=config_to_dict(cfg), runs=runs), {"CPU": cfg.tune.trial_cpus})
+        tune.with_parameters(retrain_trial, base=config_to_dict(cfg), runs=runs, in_process=in_process),
+        trial_resources(cfg, in_process))
     if tune.Tuner.can_restore(os.path.join(path, name)):
         tuner = tune.Tuner.restore(os.path.join(path, name), trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(metric="val_miou", mode="max", scheduler=scheduler,
-                                        max_concurrent_trials=concurrency(cfg, cfg.tune.trial_cpus),
+                                        max_concurrent_trials=concurrency(cfg, cfg.tune.trial_cpus, in_process),
                                         trial_dirname_creator=lambda t: f"trial-{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=path, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=cfg.runtime.max_failures)))

@@ -32,6 +32,7 @@ from the checkpoint and continues the same search.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,11 +354,34 @@ def restore(state: dict[str, Any], net: SuperNet, weight_opt: torch.optim.Optimi
     ckpt.set_rng_state(state["rng"][mine])
 
 
+_REPORT_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+
+
+@contextlib.contextmanager
+def report_listener(listener: Callable[[dict[str, Any]], None]):
+    """Within the block, every `report` of this process also calls ``listener(metrics)``. For a loop run
+    standalone in the caller's process, whose reports go nowhere else: a Tune trial passes its own report
+    function, so its scheduler sees every epoch. The loop never imports Tune."""
+    _REPORT_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _REPORT_LISTENERS.remove(listener)
+
+
 def report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int,
-           taken: frozenset[str] = frozenset()) -> None:
-    """`ray.train.report` on every rank; rank 0 attaches the checkpoint when it has one, written to a temporary
-    folder that Ray persists as ``checkpoint_epoch<epoch>`` (suffixed when that name is in ``taken``, see
-    `checkpointing.checkpoint_dir_name`). Also used by the retrain loop."""
+           taken: frozenset[str] = frozenset(), to_ray: bool = True) -> None:
+    """`ray.train.report` on every rank (unless not ``to_ray``: a loop run standalone); rank 0 attaches the
+    checkpoint when it has one, written to a temporary folder that Ray persists as ``checkpoint_epoch<epoch>``
+    (suffixed when that name is in ``taken``, see `checkpointing.checkpoint_dir_name`). Then the
+    `report_listener` functions, if any. Also used by the retrain loop."""
+    if to_ray:
+        _report(metrics, state, epoch, taken)
+    for listener in list(_REPORT_LISTENERS):
+        listener(metrics)
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int, taken: frozenset[str]) -> None:
     if state is None:
         ray.train.report(metrics)
         return

@@ -42,7 +42,7 @@ def short_retrain_selection(cfg: ExperimentConfig, genotypes: list[dict], path: 
                               s.short_epochs), reduction_factor=s.reduction_factor)
     print(f"selection: short retrains ({s.short_epochs} epochs, ASHA) of the top {len(trials)} candidates",
           flush=True)
-    metrics = run_trials(short, trials, path, scheduler)
+    metrics = run_trials(short, trials, path, scheduler, in_process=s.in_process)
     rows = []
     for trial in trials:
         m = metrics.get((trial["label"], trial["seed"]), {"val_miou": math.nan})

@@ -107,3 +107,32 @@ def test_two_ddp_workers_stay_identical(tmp_path):
         assert torch.equal(r0[key], r1[key]), key
     assert r0["grad_error"] < 1e-6 and r1["grad_error"] < 1e-6
     assert not torch.equal(r0["alpha"], tiny().alpha.detach())  # alpha did move
+
+
+def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings, tmp_path):
+    """The retrain loop run standalone (how an in-process Tune trial runs a short retrain): no ray.train API, one
+    worker, each epoch to the report listener and to ``epochs/``, no checkpoint."""
+    import json
+    import random
+
+    from orchestrator.config import config_from_dict, config_to_dict, with_overrides
+    from orchestrator.retrain import retrain_fn_per_worker
+    from orchestrator.search_loop import report_listener
+    from search_space import sample_genotype
+
+    cfg = with_overrides(config_from_dict(tiny_settings), ["retrain.epochs=2", "retrain.crop_size=32",
+                                                           "retrain.batch_size=2", "retrain.filter_multiplier=2"])
+    genotype = sample_genotype(cfg.search_space.layers, cfg.search_space.blocks, random.Random(0))
+    seen: list[dict] = []
+    with report_listener(seen.append):
+        retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
+                               "run_dir": str(tmp_path / "run"), "standalone": True})
+    assert [m["epoch"] for m in seen] == [1, 2] and all(0 <= m["val_miou"] <= 1 for m in seen)
+    records = sorted((tmp_path / "run" / "epochs").glob("*.json"))
+    assert [json.loads(r.read_text())["epoch"] for r in records] == [1, 2]
+    assert not list((tmp_path / "run").glob("checkpoint_*"))
+    with report_listener(seen.append):
+        pass
+    retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(), "run_dir": None,
+                           "standalone": True})
+    assert len(seen) == 2  # a listener hears only the reports inside its block
