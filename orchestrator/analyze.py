@@ -470,7 +470,21 @@ def final_text(exp: Experiment) -> str:
         lines.append("  path (rates): " + " ".join(str(RATES[level]) for level in genotype["path"]))
     if genotype.get("cell"):
         lines.append("  cell: " + cell_text(genotype))
-    return "\n".join(lines)
+    return "\n".join(lines + selection_lines(summary))
+
+
+def selection_lines(summary: dict[str, Any]) -> list[str]:
+    """The short retrains of the final step's candidates (summary's ``selection.short_retrains``), if any."""
+    table = ((summary.get("selection") or {}).get("short_retrains")) or {}
+    rows = table.get("candidates") or []
+    if not rows:
+        return []
+    body = [[r["label"] + (" (winner)" if r["label"] == table.get("winner") else ""),
+             " ".join(str(RATES[level]) for level in r["path"]), _fmt(r.get("epochs")), _fmt(r.get("val_miou"))]
+            for r in rows]
+    return [f"  selection: {len(rows)} candidates short-retrained ({table.get('short_epochs')} epochs; "
+            "candidate-0 is the decoded genotype):",
+            "    " + format_table(["candidate", "path (rates)", "epochs", "val_miou"], body).replace("\n", "\n    ")]
 
 
 DIAGNOSTIC_WINDOW = 5
