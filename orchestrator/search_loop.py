@@ -477,6 +477,64 @@ def say(message: str, tag: str = "search") -> None:
     sys.stdout.flush()
 
 
+@dataclass
+class Worker:
+    """One worker's search: the supernet (bare and as wrapped for DDP), its two optimizers, loss, step options."""
+
+    net: SuperNet
+    model: nn.Module
+    weight_opt: torch.optim.Optimizer
+    arch_opt: torch.optim.Optimizer
+    criterion: nn.Module
+    opts: StepOptions
+    device: torch.device
+
+
+def build_worker(cfg: ExperimentConfig, data: SearchData, state: dict[str, Any] | None, rank: int, world: int,
+                 device: torch.device) -> Worker:
+    """The supernet on the device (DDP when world > 1), its optimizers (restored from ``state``) and loss."""
+    net = build_model(cfg, data.num_classes)
+    if cfg.runtime.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(net)  # moves to the device; DDP when world > 1
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    weight_opt, arch_opt = make_optimizers(net, cfg)
+    if state is not None:
+        restore(state, net, weight_opt, arch_opt, data, rank, world)
+    weight = (class_weights(data.train_ds, data.num_classes, data.ignore_index).to(device)
+              if cfg.search.class_weights else None)
+    criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.ignore_index)
+    return Worker(net, model, weight_opt, arch_opt, criterion, StepOptions.from_config(cfg), device)
+
+
+def run_steps(w: Worker, data: SearchData, s: Any, step: int, total: int, arch_on: bool
+              ) -> tuple[torch.Tensor, int, float]:
+    """One epoch of steps: a weight step, then (from the warmup epoch on) an arch step, per batch. Returns the
+    summed losses (weight, arch), the global step after them, and the last weight learning rate."""
+    sums = torch.zeros(2, dtype=torch.float64, device=w.device)
+    lr = cosine_lr(step, total, s.lr, s.lr_min)
+    for i in range(data.steps_per_epoch):
+        lr = cosine_lr(step, total, s.lr, s.lr_min)
+        for group in w.weight_opt.param_groups:
+            group["lr"] = lr
+        sums[0] += weight_step(w.model, w.net, data.train_a.next(), w.weight_opt, w.criterion, w.opts, w.device)
+        if arch_on:
+            sums[1] += arch_step(w.net, data.train_b.next(), w.arch_opt, w.criterion, w.opts, w.device)
+        step += 1
+        if (i + 1) % DIVERGENCE_CHECK_STEPS == 0 and i + 1 < data.steps_per_epoch and _nonfinite(sums):
+            break  # every rank breaks at the same step: the flag is all-reduced
+    return sums, step, lr
+
+
+def open_board(rank: int, run_dir: str | None, data: SearchData) -> Any:
+    """Rank 0's TensorBoard writer in ``<run_dir>/tensorboard``, or None elsewhere."""
+    if rank != 0 or not run_dir:
+        return None
+    from orchestrator.tb_logging import SearchBoard  # matplotlib and tensorboardX on rank 0 only
+
+    return SearchBoard(os.path.join(run_dir, "tensorboard"), data.classes)
+
+
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Run (or resume) one search on this worker; see the module docstring for ``loop_config``."""
     cfg = config_from_dict(loop_config["config"], source="train_loop_config")
@@ -490,30 +548,15 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     data = build_data(cfg, rank, world)
     resume = load_resume_state(cfg, data.num_classes, rank)
     state = resume.state
-
-    net = build_model(cfg, data.num_classes)
-    if cfg.runtime.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(net)  # moves to the device; DDP when world > 1
-    net = model.module if isinstance(model, DistributedDataParallel) else model
-    weight_opt, arch_opt = make_optimizers(net, cfg)
-    if state is not None:
-        restore(state, net, weight_opt, arch_opt, data, rank, world)
-    opts = StepOptions.from_config(cfg)
-    weight = (class_weights(data.train_ds, data.num_classes, data.ignore_index).to(device)
-              if cfg.search.class_weights else None)
-    criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.ignore_index)
+    w = build_worker(cfg, data, state, rank, world, device)
+    net, weight_opt, arch_opt = w.net, w.weight_opt, w.arch_opt
 
     s = cfg.search
     steps, total = data.steps_per_epoch, s.epochs * data.steps_per_epoch
     start_epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
     previous = state["genotype"] if state else net.genotype().to_json(indent=None)
     end_epoch = min(s.epochs, stop_at) if stop_at else s.epochs
-    board = None
-    if rank == 0 and run_dir:
-        from orchestrator.tb_logging import SearchBoard  # matplotlib and tensorboardX on rank 0 only
-
-        board = SearchBoard(os.path.join(run_dir, "tensorboard"), data.classes)
+    board = open_board(rank, run_dir, data)
     if rank == 0:
         say(f"epochs {start_epoch}..{end_epoch} of {s.epochs}, {steps} steps/epoch, {world} workers, device {device}"
             + (f", resumed at epoch {start_epoch}" if state else ""))
@@ -522,17 +565,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         arch_on = epoch >= s.warmup_epochs
         start = (net.alpha.detach().cpu().clone(), net.beta.detach().cpu().clone())
-        sums = torch.zeros(2, dtype=torch.float64, device=device)
-        for i in range(steps):
-            lr = cosine_lr(step, total, s.lr, s.lr_min)
-            for group in weight_opt.param_groups:
-                group["lr"] = lr
-            sums[0] += weight_step(model, net, data.train_a.next(), weight_opt, criterion, opts, device)
-            if arch_on:
-                sums[1] += arch_step(net, data.train_b.next(), arch_opt, criterion, opts, device)
-            step += 1
-            if (i + 1) % DIVERGENCE_CHECK_STEPS == 0 and i + 1 < steps and _nonfinite(sums):
-                break  # every rank breaks at the same step: the flag is all-reduced
+        sums, step, lr = run_steps(w, data, s, step, total, arch_on)
         t1 = time.perf_counter()
         sums = _all_reduce(sums.cpu()) / world
         reason = divergence(sums, arch_on, net, epoch + 1)
