@@ -4,7 +4,7 @@
     python experiments/bench_ray_overhead.py --config experiments/configs/smoke.yaml --epochs 2 --rounds 1
     python experiments/bench_ray_overhead.py search.max_steps_per_epoch=8 --json
 
-Two variants of one `TorchTrainer` over `orchestrator.search_loop.train_fn_per_worker`, each in a fresh process:
+Two variants of one `TorchTrainer` over `orchestrator.train.search_loop.train_fn_per_worker`, each in a fresh process:
 
 - ``local``: Ray Train's local mode (``ScalingConfig(num_workers=0)``): the loop runs in the calling process
   with no Ray cluster, no worker actor and no checkpoint upload (``ray.train.report`` keeps it in memory).
@@ -62,8 +62,8 @@ def child(args: argparse.Namespace) -> dict:
     import ray
 
     from orchestrator.config import config_to_dict
-    from orchestrator.run_search import run_dir, torch_trainer
-    from orchestrator.search_loop import EPOCHS_DIR, train_fn_per_worker
+    from orchestrator.train.search_loop import EPOCHS_DIR, train_fn_per_worker
+    from orchestrator.train.trainers import run_dir, torch_trainer
 
     cfg = bench_config(args)
     directory = run_dir(args.storage, f"bench-{args.child}")

@@ -6,7 +6,7 @@
     python experiments/bench_supernet.py --smoke-test
 
 A step is what one iteration of the first-order search does, timed with the search loop's own functions
-(`orchestrator.steps`): a weight step (zero grads, forward on a trainA batch, cross-entropy, backward,
+(`orchestrator.train.steps`): a weight step (zero grads, forward on a trainA batch, cross-entropy, backward,
 gradient clip, SGD) and an arch step (forward on a trainB batch, gradients of alpha and beta only, Adam);
 ``search_step_s`` is the two together. The public port's figures (/work/shared/PERF_NOTES.md) time zero
 grads + forward + loss + backward with every gradient, which is the weight step without the SGD update:
@@ -154,7 +154,7 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
     from torch import nn
 
-    from orchestrator.steps import StepOptions, arch_step, weight_step
+    from orchestrator.train.steps import StepOptions, arch_step, weight_step
 
     torch.manual_seed(0)
     if args.device == "cpu":
@@ -177,7 +177,7 @@ def measure(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
 
     def step(i: int, arch: bool) -> tuple[float, float]:
-        """The loop's own step functions (orchestrator.steps), on one process (no DDP)."""
+        """The loop's own step functions (orchestrator.train.steps), on one process (no DDP)."""
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
         if arch:
@@ -257,7 +257,7 @@ def child_cmd(base: list[str], extra: list[str]) -> tuple[list[str], dict]:
         src = tempfile.mkdtemp(prefix=f"bench-{args.rev}-")
         subprocess.run(f"git -C {shlex.quote(REPO)} archive {shlex.quote(args.rev)} search_space "
                        f"| tar -x -C {shlex.quote(src)}", shell=True, check=True)
-        env["PYTHONPATH"] = os.pathsep.join([src, REPO, env.get("PYTHONPATH", "")])  # REPO: orchestrator.steps
+        env["PYTHONPATH"] = os.pathsep.join([src, REPO, env.get("PYTHONPATH", "")])  # REPO: orchestrator.train.steps
     else:
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return [sys.executable, os.path.abspath(__file__), "--child", *argv], env

@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_resumable(directory: str, genotype: Genotype) -> None:
     """Refuse a run folder whose latest checkpoint retrains another genotype (reusing --name would resume it)."""
-    from orchestrator.checkpointing import MANIFEST_FILE, CheckpointError
-    from orchestrator.run_search import latest_checkpoint_dir
+    from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError
+    from orchestrator.train.trainers import latest_checkpoint_dir
 
     latest = latest_checkpoint_dir(directory) if "://" not in directory else None
     if latest is None:
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             label = hashlib.sha256(genotype.to_json(indent=None).encode()).hexdigest()[:8]
         name = args.name or f"retrain-{label}-{config_hash(cfg)}"
         storage = args.storage_path or cfg.storage_path
-        from orchestrator.preflight import check_retrain_data
-        from orchestrator.retrain import run_retrain
-        from orchestrator.run_search import check_diverged, check_resources, run_dir
+        from orchestrator.data.preflight import check_retrain_data
+        from orchestrator.train.retrain_loop import run_retrain
+        from orchestrator.train.trainers import check_diverged, check_resources, run_dir
 
         check_retrain_data(cfg)
         check_resumable(run_dir(storage, name), genotype)

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def single_search(cfg, storage: str, name: str, stop_at_epoch: int | None) -> None:
-    from orchestrator.run_search import read_epochs, run_dir, run_single_search
+    from orchestrator.train.trainers import read_epochs, run_dir, run_single_search
 
     result = run_single_search(cfg, storage, name, stop_at_epoch=stop_at_epoch)
     if result.error:
@@ -52,7 +52,7 @@ def single_search(cfg, storage: str, name: str, stop_at_epoch: int | None) -> No
 
 
 def sweep(cfg, storage: str, name: str, resume: bool, retrain: bool) -> None:
-    from orchestrator.experiment import run_experiment
+    from orchestrator.sweep.chain import run_experiment
 
     summary = run_experiment(cfg, storage, name, resume=resume, retrain=retrain)
     exp = summary.get("search", {}).get("experiment_dir", os.path.join(storage, name))
@@ -63,11 +63,11 @@ def sweep(cfg, storage: str, name: str, resume: bool, retrain: bool) -> None:
         print(f"retrain:     val_miou={r['val_miou']} after {r['epochs']} epochs ({r['seconds']} s)")
         print(f"summary:     {os.path.join(exp, 'final', 'summary.json')}")
         if "validation_result" in summary:
-            from orchestrator.validation import format_result
+            from orchestrator.sweep.validation import format_result
 
             print("\n" + format_result(summary["validation_result"]))
     print(f"tensorboard: tensorboard --logdir {exp}")
-    print(f"analysis:    python -m orchestrator.analyze {exp}")
+    print(f"analysis:    python -m orchestrator.analysis.cli {exp}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors():
         cfg = load_config(args.config, args.overrides)
         storage, name = args.storage_path or cfg.storage_path, args.name or derive_name(cfg, args.config)
-        from orchestrator.preflight import check_data, check_retrain_data
+        from orchestrator.data.preflight import check_data, check_retrain_data
 
         check_data(cfg)
         if not args.no_tune and not args.no_retrain:

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with user_errors():
-        from orchestrator.validation import ValidationError, format_result, validate_experiments
+        from orchestrator.sweep.validation import ValidationError, format_result, validate_experiments
 
         for name, value, low in (("--random", args.random, 1), ("--seeds", args.seeds, 1),
                                  ("--random-seeds", args.random_seeds, 1)):

@@ -39,13 +39,13 @@ def connect_ray(address: str | None = None) -> None:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from orchestrator.checkpointing import CheckpointError
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
-    from orchestrator.experiment import SweepFailedError
-    from orchestrator.run_search import DivergedError, ResourceError
-    from orchestrator.sweep import SweepError
-    from orchestrator.validation import ValidationError
+    from orchestrator.io.checkpointing import CheckpointError
+    from orchestrator.sweep.chain import SweepFailedError
+    from orchestrator.sweep.tune_driver import SweepError
+    from orchestrator.sweep.validation import ValidationError
+    from orchestrator.train.trainers import DivergedError, ResourceError
     from search_space.genotypes import GenotypeError
 
     return (ConfigError, DataError, CheckpointError, ResourceError, GenotypeError, SweepError, SweepFailedError,

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.atomic import write_text
+from orchestrator.io.atomic import write_text
 from search_space.operations import OP_FAMILIES
 from search_space.supernet import HEADS
 

@@ -96,7 +96,7 @@ def straight_search(ray_session, tiny_settings, tmp_path_factory):
     """The tiny 4-epoch search run once, uninterrupted (``run_single_search``); returns its run folder. Shared by
     the resume test and the fault tests, whose interrupted runs must end with the same alpha, beta and weights."""
     from orchestrator.config import with_overrides
-    from orchestrator.run_search import run_single_search
+    from orchestrator.train.trainers import run_single_search
 
     storage = tmp_path_factory.mktemp("straight")
     cfg = with_overrides(config_from_dict(tiny_settings), FOUR_EPOCHS)

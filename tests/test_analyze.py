@@ -1,4 +1,4 @@
-"""`python -m orchestrator.analyze` on the real smoke experiment of the session (`smoke_experiment`: a sweep
+"""`python -m orchestrator.analysis.cli` on the real smoke experiment of the session (`smoke_experiment`: a sweep
 submitted with ``ray job submit`` to the test cluster), and on copies of it put in the other states a user meets:
 running (sweep.json ``running``, fresh ``updated``), interrupted (stale, a record lost). No Ray is needed here.
 """
@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import analyze
+from orchestrator.analysis import cli as analyze
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -221,7 +221,7 @@ def test_search_diagnostics_are_recorded_and_reported(cli):
 
 
 def test_selection_lines_show_the_short_retrains_and_the_winner():
-    from orchestrator.analyze import selection_lines
+    from orchestrator.analysis.cli import selection_lines
 
     assert selection_lines({"selection": {"short_retrains": None}}) == []
     table = {"short_epochs": 5, "winner": "candidate-1", "candidates": [

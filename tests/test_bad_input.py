@@ -22,8 +22,8 @@ import torch
 import yaml
 from local_cluster import cluster_env
 
-from orchestrator import checkpointing as ckpt
 from orchestrator.config import config_hash, load_config, with_overrides
+from orchestrator.io import checkpointing as ckpt
 from search_space import AUTODEEPLAB
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,7 +243,7 @@ def test_workers_the_cluster_cannot_hold_are_refused(ray_session, script, args, 
 
 def started_sweep(path: Path, config: Path) -> None:
     """What a started sweep leaves before any trial: sweep.json and the config it was started with."""
-    from orchestrator.sweep import write_sweep_file
+    from orchestrator.sweep.tune_driver import write_sweep_file
 
     write_sweep_file(load_config(config), str(path), 1, "running")
 
@@ -268,7 +268,7 @@ def test_resuming_a_sweep_with_another_config_is_refused(ray_session, tiny_yaml:
 
 
 def test_resume_without_a_sweep_starts_one_and_says_so(tiny_yaml: Path, tmp_path: Path, capsys):
-    from orchestrator.sweep import check_sweep_state
+    from orchestrator.sweep.tune_driver import check_sweep_state
 
     cfg = load_config(tiny_yaml)
     assert check_sweep_state(cfg, str(tmp_path / "new"), resume=True) is False

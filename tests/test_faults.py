@@ -30,10 +30,10 @@ import yaml
 from conftest import FOUR_EPOCHS
 from local_cluster import alive, cluster_env, raylet_hosting
 
-from orchestrator import atomic
-from orchestrator import checkpointing as ckpt
 from orchestrator.config import config_from_dict, config_to_dict, load_config, save_config, with_overrides
-from orchestrator.records import RECORDS_FILE, read_records, write_record
+from orchestrator.io import atomic
+from orchestrator.io import checkpointing as ckpt
+from orchestrator.io.records import RECORDS_FILE, read_records, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_checkpoint_names_after_a_fallback_never_reuse_a_folder():
 
 
 def test_divergence_is_detected_from_losses_and_architecture_parameters():
-    from orchestrator.search_loop import diverged_metrics, divergence
+    from orchestrator.train.search_loop import diverged_metrics, divergence
     from search_space import SuperNet
 
     net = SuperNet(4, layers=2, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
@@ -151,8 +151,8 @@ def test_divergence_is_detected_from_losses_and_architecture_parameters():
 
 def test_a_diverging_retrain_stops_with_its_reason_and_keeps_no_checkpoint_of_it(tiny_settings, tmp_path: Path):
     """The real retrain loop in Ray Train's local mode (the loop in this process, no cluster needed)."""
-    from orchestrator.retrain import retrain_fn_per_worker
-    from orchestrator.run_search import DivergedError, check_diverged, torch_trainer
+    from orchestrator.train.retrain_loop import retrain_fn_per_worker
+    from orchestrator.train.trainers import DivergedError, check_diverged, torch_trainer
     from search_space.genotypes import AUTODEEPLAB
 
     cfg = config_from_dict({**tiny_settings, "retrain": {"epochs": 2, "crop_size": 32, "batch_size": 2,
@@ -174,8 +174,8 @@ def fake_result(trial_id: str, metrics: dict | None, error: Exception | None = N
 
 
 def test_best_trial_and_leaderboard_skip_diverged_and_failed_trials():
-    from orchestrator.experiment import leaderboard
-    from orchestrator.sweep import best_result
+    from orchestrator.sweep.chain import leaderboard
+    from orchestrator.sweep.tune_driver import best_result
 
     cfg = config_from_dict({"search": {"epochs": 3, "warmup_epochs": 1}})
     grid = [
@@ -194,12 +194,12 @@ def test_best_trial_and_leaderboard_skip_diverged_and_failed_trials():
 
 def test_a_sweep_where_every_trial_fails_ends_with_a_clear_error(tiny_settings, tmp_path: Path, monkeypatch, capsys):
     """Through experiments/search.py: exit status 2, the reasons, no traceback (Ray replaced by a finished grid)."""
-    import orchestrator.experiment
+    import orchestrator.sweep.chain
 
     grid = [fake_result("t1", {"epoch": 1, "val_miou": float("nan"), "diverged": True,
                                "stop_reason": "diverged in epoch 1: train_loss=nan"}),
             fake_result("t2", None, RuntimeError("ActorDiedError"))]
-    monkeypatch.setattr(orchestrator.experiment, "run_sweep", lambda *args, **kwargs: grid)
+    monkeypatch.setattr(orchestrator.sweep.chain, "run_sweep", lambda *args, **kwargs: grid)
     cli = load_cli("search")
     monkeypatch.setattr(cli, "connect_ray", lambda address=None: None)
     config = tmp_path / "tiny.yaml"
@@ -216,7 +216,7 @@ def test_a_sweep_where_every_trial_fails_ends_with_a_clear_error(tiny_settings, 
 
 
 def test_records_a_killed_driver_missed_are_filled_in_from_the_trial(tmp_path: Path):
-    from orchestrator.sweep import backfill_records
+    from orchestrator.sweep.tune_driver import backfill_records
 
     epochs = {k: {"epoch": k, "val_miou": 0.1 * k, "path": [0, 1]} for k in (1, 2, 3, 4)}
     for k, metrics in epochs.items():
@@ -283,8 +283,8 @@ RAW_WRITES = {
     "json.dump": re.compile(r"json\.dump\("),
     "pyarrow write_table": re.compile(r"pq\.write_table\("),
 }
-ALLOWED_RAW = {"orchestrator/atomic.py": {"open() for writing", "savefig"},
-               "orchestrator/checkpointing.py": {"torch.save"}}
+ALLOWED_RAW = {"orchestrator/io/atomic.py": {"open() for writing", "savefig"},
+               "orchestrator/io/checkpointing.py": {"torch.save"}}
 """atomic.py is the one writer; checkpointing's torch.save writes into a temporary folder that Ray then copies to
 storage (a crash mid-copy is caught by the SHA-256 in the manifest). TensorBoard event files (tensorboardX) and
 Ray's own files are not written by this project. A write into an in-memory buffer (``buf``) is fine."""
@@ -299,7 +299,7 @@ def test_every_file_the_project_writes_goes_through_atomic(path: Path):
             continue
         for what, pattern in RAW_WRITES.items():
             if pattern.search(code) and what not in ALLOWED_RAW.get(rel, ()):
-                pytest.fail(f"{rel}:{number} writes a file without orchestrator.atomic ({what}): {line.strip()}")
+                pytest.fail(f"{rel}:{number} writes a file without orchestrator.io.atomic ({what}): {line.strip()}")
 
 
 # ---------------------------------------------------------------------------------------------- security
@@ -350,7 +350,7 @@ def test_the_dashboard_and_job_api_listen_on_loopback_only(ray_cluster):
 
 
 def fit_in_thread(cfg, storage: Path, name: str) -> tuple[threading.Thread, dict]:
-    from orchestrator.run_search import run_single_search
+    from orchestrator.train.trainers import run_single_search
 
     outcome: dict = {}
 
@@ -366,7 +366,7 @@ def fit_in_thread(cfg, storage: Path, name: str) -> tuple[threading.Thread, dict
 
 
 def epochs_of(run: Path) -> list[dict]:
-    from orchestrator.run_search import read_epochs
+    from orchestrator.train.trainers import read_epochs
 
     return read_epochs(run)
 
@@ -409,7 +409,7 @@ def test_a_lost_worker_node_loses_no_finished_epoch_and_changes_nothing(ray_clus
 @pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_is_skipped_and_the_search_still_ends_the_same(ray_session, straight_search,
                                                                                     tiny_settings, tmp_path: Path):
-    from orchestrator.run_search import run_single_search
+    from orchestrator.train.trainers import run_single_search
 
     cfg = with_overrides(config_from_dict(tiny_settings), FOUR_EPOCHS)
     run = tmp_path / "corrupt"

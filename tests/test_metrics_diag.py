@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from orchestrator.metrics import beta_entropy, beta_entropy_per_layer, param_free_ops
-from orchestrator.search_loop import epoch_metrics
-from orchestrator.tb_logging import SearchBoard
+from orchestrator.train.metrics import beta_entropy, beta_entropy_per_layer, param_free_ops
+from orchestrator.train.search_loop import epoch_metrics
+from orchestrator.train.tb_logging import SearchBoard
 from search_space import AUTODEEPLAB, OPS, PARAMETER_FREE, PRIMITIVES, Genotype, SuperNet
 
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 import yaml
 
-from orchestrator import checkpointing as ckpt
 from orchestrator.config import config_from_dict, with_overrides
 from orchestrator.data import InfiniteLoader, load_dataset, make_loader
-from orchestrator.metrics import confusion_matrix, iou_from_confusion
-from orchestrator.search_loop import cosine_lr, resume_loader
+from orchestrator.io import checkpointing as ckpt
+from orchestrator.train.metrics import confusion_matrix, iou_from_confusion
+from orchestrator.train.search_loop import cosine_lr, resume_loader
 from search_space import Genotype, SuperNet
 
 ROOT = Path(__file__).parent.parent
@@ -140,7 +140,7 @@ def test_resumed_loader_draws_what_the_uninterrupted_one_draws():
 
 
 def test_search_board_writes_events(tmp_path: Path):
-    from orchestrator.tb_logging import SearchBoard
+    from orchestrator.train.tb_logging import SearchBoard
 
     net = SuperNet(3, layers=2, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
     board = SearchBoard(tmp_path, ["a", "b", "c"])
@@ -191,7 +191,7 @@ def resumed(ray_session, tiny_settings, storage: Path) -> Path:
 
 
 def epochs_of(run: Path) -> list[dict]:
-    from orchestrator.run_search import read_epochs
+    from orchestrator.train.trainers import read_epochs
 
     return read_epochs(run)
 
@@ -244,7 +244,7 @@ def test_resume_equals_an_uninterrupted_search(straight: Path, resumed: Path):
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_checkpoint_from_another_search_space_is_refused(straight: Path, tiny_settings):
-    from orchestrator.run_search import run_single_search
+    from orchestrator.train.trainers import run_single_search
 
     cfg = with_overrides(config_from_dict(tiny_settings), [*FOUR, "search_space.layers=2"])
     with pytest.raises(ckpt.CheckpointError, match=r"different search space \(layers: checkpoint 3, config 2\)"):

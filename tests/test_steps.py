@@ -1,4 +1,4 @@
-"""The search's two steps (orchestrator.steps), without Ray: the arch step computes alpha/beta gradients only,
+"""The search's two steps (orchestrator.train.steps), without Ray: the arch step computes alpha/beta gradients only,
 equals the full backward it replaces, and two DDP workers (gloo, torch.multiprocessing) stay identical."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from orchestrator.steps import StepOptions, arch_step, weight_step
+from orchestrator.train.steps import StepOptions, arch_step, weight_step
 from search_space import SuperNet
 
 CROP, CLASSES = 32, 3
@@ -116,8 +116,8 @@ def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings,
     import random
 
     from orchestrator.config import config_from_dict, config_to_dict, with_overrides
-    from orchestrator.retrain import retrain_fn_per_worker
-    from orchestrator.search_loop import report_listener
+    from orchestrator.train.retrain_loop import retrain_fn_per_worker
+    from orchestrator.train.search_loop import report_listener
     from search_space import sample_genotype
 
     cfg = with_overrides(config_from_dict(tiny_settings), ["retrain.epochs=2", "retrain.crop_size=32",

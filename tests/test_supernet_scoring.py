@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from orchestrator.checkpointing import write_checkpoint_dir
 from orchestrator.config import config_from_dict, config_to_dict, search_space_of
+from orchestrator.io.checkpointing import write_checkpoint_dir
 from search_space import Genotype, SuperNet, decode_path, transition_probs
 from search_space.decoding import top_paths
 from search_space.sampling import legal_paths, sample_cell
@@ -100,7 +100,7 @@ def search_checkpoint(tiny_settings, tmp_path):
 
 
 def test_select_path_scores_the_candidates_and_keeps_the_best(search_checkpoint):
-    from orchestrator.supernet_score import load_supernet, score_genotypes, select_path
+    from orchestrator.train.supernet_score import load_supernet, score_genotypes, select_path
 
     path, net, cell = search_checkpoint
     trained = load_supernet(path)
@@ -123,15 +123,15 @@ def test_select_path_scores_the_candidates_and_keeps_the_best(search_checkpoint)
     ([(None, float("nan")), (3, 0.20)], 1),
 ])
 def test_the_short_retrain_winner(rows, winner):
-    from orchestrator.selection import pick_winner
+    from orchestrator.sweep.selection import pick_winner
 
     assert pick_winner([{"epochs": e, "val_miou": v} for e, v in rows]) == winner
 
 
 @pytest.mark.parametrize(("path", "top_k"), [("viterbi", 1), ("viterbi", 3), ("supernet", 1), ("supernet", 3)])
 def test_final_candidates_rank_paths_with_the_decoded_cell(search_checkpoint, tmp_path, path, top_k):
-    from orchestrator.final import candidate_genotypes
-    from orchestrator.supernet_score import load_supernet
+    from orchestrator.sweep.final import candidate_genotypes
+    from orchestrator.train.supernet_score import load_supernet
 
     ckpt, net, _ = search_checkpoint
     cfg = load_supernet(ckpt).cfg
@@ -150,8 +150,8 @@ def test_final_candidates_rank_paths_with_the_decoded_cell(search_checkpoint, tm
 def test_sampled_candidates_follow_the_selected_first_one(search_checkpoint, tmp_path, path):
     """selection.candidates=sampled: the first candidate is the one ``path`` selects, then distinct draws from
     alpha and beta (search_space.sample_tilted_genotypes)."""
-    from orchestrator.final import candidate_genotypes
-    from orchestrator.supernet_score import load_supernet
+    from orchestrator.sweep.final import candidate_genotypes
+    from orchestrator.train.supernet_score import load_supernet
 
     ckpt, net, _ = search_checkpoint
     cfg = load_supernet(ckpt).cfg
@@ -169,7 +169,7 @@ def test_sampled_candidates_follow_the_selected_first_one(search_checkpoint, tmp
     ([(1, 1, 1)], [(1, 1, 1)]),
 ])
 def test_one_per_depth_puts_the_best_of_each_deepest_level_first(paths, expected):
-    from orchestrator.final import one_per_depth
+    from orchestrator.sweep.final import one_per_depth
 
     assert one_per_depth(paths) == expected
 
@@ -180,7 +180,7 @@ def test_the_chain_scores_paths_and_short_retrains_the_top_candidates(ray_sessio
     """The whole chain with the departures switched on: the decoder head, paths scored by the supernet, the top 2
     candidates short-retrained under ASHA, the winner retrained and recorded in the summary."""
     from orchestrator.config import config_from_dict
-    from orchestrator.experiment import run_experiment
+    from orchestrator.sweep.chain import run_experiment
 
     settings = {**tiny_settings, "storage_path": str(tmp_path),
                 "search_space": {**tiny_settings["search_space"], "head": "decoder"},

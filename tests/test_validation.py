@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from local_cluster import cluster_env
 
-from orchestrator.validation import (
+from orchestrator.sweep.validation import (
     Candidate,
     Searched,
     ValidationError,

@@ -16,9 +16,9 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
-from orchestrator.atomic import write_json
 from orchestrator.config import ExperimentConfig, with_overrides
-from orchestrator.retrain_trials import run_trials
+from orchestrator.io.atomic import write_json
+from orchestrator.sweep.retrain_trials import run_trials
 
 SELECTION_FILE = "selection.json"
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.atomic import write_json
 from orchestrator.config import SEARCH_SPACE_KEY_DEFAULTS, SEARCH_SPACE_KEYS
+from orchestrator.io.atomic import write_json
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"

@@ -1,4 +1,4 @@
-"""The plots of `orchestrator.analyze`, each a PNG written atomically (`orchestrator.atomic.save_figure`):
+"""The plots of `orchestrator.analysis.cli`, each a PNG written atomically (`orchestrator.io.atomic.save_figure`):
 
 - ``curves.png``: the sweep's metric (and ``val_loss``) per epoch, one line per trial; an ``x`` marks the last
   epoch of a trial the scheduler stopped early.
@@ -27,8 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.atomic import save_figure  # noqa: E402
-from orchestrator.figures import paths_figure  # noqa: E402
+from orchestrator.analysis.figures import paths_figure  # noqa: E402
+from orchestrator.io.atomic import save_figure  # noqa: E402
 from search_space.genotypes import RATES, Genotype, GenotypeError  # noqa: E402
 from search_space.operations import PRIMITIVES  # noqa: E402
 from search_space.trellis import DIRECTIONS, NUM_LEVELS, reachable_levels  # noqa: E402
@@ -203,7 +203,7 @@ def _genotype(row: dict[str, Any]) -> Genotype | None:
 
 def write_plots(exp, rows: list[dict[str, Any]], out: Path, top: int) -> list[Path]:
     """Every plot of this module for an `orchestrator.analyze.Experiment` into ``out``; returns the files."""
-    from orchestrator.analyze import param_keys
+    from orchestrator.analysis.cli import param_keys
 
     frame = exp.frame
     recorded = [r for r in rows if r["epochs"] > 0]

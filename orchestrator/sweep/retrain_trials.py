@@ -1,7 +1,7 @@
 """Retraining many genotypes as Ray Tune trials: one trial per (genotype, seed), each a `TorchTrainer` running
 the retrain loop with ``runtime.seed`` set to the seed, as many at once as the cluster holds, optionally under a
 scheduler (ASHA on the retrain mIoU for the final step's short retrains). Used by validation against random
-architectures (`orchestrator.validation`) and by the final step's top-k selection (`orchestrator.final`).
+architectures (`orchestrator.sweep.validation`) and by the final step's top-k selection (`orchestrator.sweep.final`).
 
 Runs are named by genotype and seed (``retrain-<genotype hash>-seed<s>``) in ``<path>/runs/``, and Tune's state
 is in ``<path>/tune-<plan hash>``: running the same plan again restores it, a finished retrain is reported again
@@ -22,9 +22,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, with_overrides
-from orchestrator.retrain import make_retrain_trainer, retrain_fn_per_worker
-from orchestrator.run_search import ResourceError, read_epochs, run_dir
-from orchestrator.search_loop import report_listener
+from orchestrator.train.retrain_loop import make_retrain_trainer, retrain_fn_per_worker
+from orchestrator.train.search_loop import report_listener
+from orchestrator.train.trainers import ResourceError, read_epochs, run_dir
 from search_space import Genotype
 
 

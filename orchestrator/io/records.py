@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.atomic import write_bytes
+from orchestrator.io.atomic import write_bytes
 
 RECORDS_DIR = "records"
 RECORDS_FILE = "records.parquet"

@@ -1,7 +1,7 @@
 """Does the search beat chance? The searched genotypes against genotypes drawn uniformly from the same space,
 each retrained at the experiment's retrain budget (SEARCH_VALIDITY.md: Li and Talwalkar 2019; Yu et al. 2020).
 
-The architectures are retrained as Tune trials (`orchestrator.retrain_trials`): the searched genotypes at several
+The architectures are retrained as Tune trials (`orchestrator.sweep.retrain_trials`): the searched genotypes at several
 seeds, the random ones at fewer, each with the experiment's retrain section. Their runs live in ``<runs>/runs/``
 (default ``<out>/validation/runs/``): running the same validation again reuses the finished ones, and
 validations that share ``runs`` (several searches of one space) share the random architectures' retrains.
@@ -10,7 +10,7 @@ Writes ``<out>/validation.json`` and ``<out>/validation.png``: per architecture 
 random distribution (mean, sd, min, max, quartiles); per searched genotype its mean, sd and percentile among the
 random ones; the seed-to-seed sd against the spread across architectures (does the task separate
 architectures?); and, where the search's checkpoint is at hand, Kendall's tau between the trained supernet's
-score of each genotype (`orchestrator.supernet_score`) and its retrained mIoU (does the supernet rank
+score of each genotype (`orchestrator.train.supernet_score`) and its retrained mIoU (does the supernet rank
 architectures at all?). This module is the Tune driver's side: it knows genotypes and configs, not the model.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 
 import ray
 
-from orchestrator.atomic import save_figure, write_json
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
-from orchestrator.retrain_trials import run_trials
+from orchestrator.io.atomic import save_figure, write_json
+from orchestrator.sweep.retrain_trials import run_trials
 from search_space import Genotype
 from search_space.sampling import sample_genotypes
 
@@ -162,7 +162,7 @@ def kendall_tau(xs: list[float], ys: list[float]) -> float:
 
 @ray.remote
 def _score_remote(checkpoint: str, cfg: dict[str, Any], genotypes: list[dict[str, Any]], threads: int) -> list[float]:
-    from orchestrator.supernet_score import load_supernet, score_genotypes
+    from orchestrator.train.supernet_score import load_supernet, score_genotypes
 
     trained = load_supernet(checkpoint, config_from_dict(cfg, f"{checkpoint}: its experiment's config"))
     return score_genotypes(trained, [Genotype.from_dict(g) for g in genotypes], threads)
@@ -189,7 +189,7 @@ def validate_experiments(experiment_dirs: list[str], out: str, k: int, seeds: in
     """Retrain the searched genotypes of ``experiment_dirs`` and ``k`` random ones; write and return the
     result (``<out>/validation.json``, ``<out>/validation.png``). The retrains and Tune's state live in
     ``runs`` (default ``<out>/validation``): validations sharing it retrain each architecture and seed once."""
-    from orchestrator.figures import validation_figure
+    from orchestrator.analysis.figures import validation_figure
 
     searched = [read_searched(d) for d in experiment_dirs]
     check_comparable(searched)

@@ -5,7 +5,7 @@ Train V2 pattern (RAY_NOTES.md): each trial is a Tune *function* trainable, `sea
 fits a `TorchTrainer` running the per-worker search loop; metrics reach Tune through `TuneReportCallback`.
 The trial's Train run is named ``train-<trial_id>`` so a restored sweep resumes each trial's own checkpoints.
 This module knows nothing about the model: it maps config keys to Tune samplers, budgets resources, records
-every reported epoch (`orchestrator.records`) and prints progress.
+every reported epoch (`orchestrator.io.records`) and prints progress.
 
 Resume. ``sweep.json`` and ``config.yaml`` in the experiment folder say what the sweep is. Running a sweep whose
 folder exists needs ``resume=True``; resuming with a config whose hash differs is refused, naming the keys that
@@ -31,8 +31,6 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.atomic import write_json
-from orchestrator.checkpointing import MANIFEST_FILE
 from orchestrator.config import (
     ConfigError,
     ExperimentConfig,
@@ -43,8 +41,10 @@ from orchestrator.config import (
     save_config,
     with_overrides,
 )
-from orchestrator.records import RECORDS_DIR, write_record
-from orchestrator.run_search import ResourceError, latest_checkpoint_dir, make_trainer, read_epochs
+from orchestrator.io.atomic import write_json
+from orchestrator.io.checkpointing import MANIFEST_FILE
+from orchestrator.io.records import RECORDS_DIR, write_record
+from orchestrator.train.trainers import ResourceError, latest_checkpoint_dir, make_trainer, read_epochs
 
 
 class SweepError(ValueError):

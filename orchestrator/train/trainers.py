@@ -19,7 +19,6 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator.checkpointing import MANIFEST_FILE, CheckpointError
 from orchestrator.config import (
     SEARCH_SPACE_KEY_DEFAULTS,
     ExperimentConfig,
@@ -27,7 +26,8 @@ from orchestrator.config import (
     save_config,
     search_space_of,
 )
-from orchestrator.search_loop import EPOCHS_DIR, train_fn_per_worker
+from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError
+from orchestrator.train.search_loop import EPOCHS_DIR, train_fn_per_worker
 
 
 class ResourceError(RuntimeError):

@@ -22,14 +22,14 @@ import torch
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from orchestrator import checkpointing as ckpt
-from orchestrator.atomic import write_json
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.data import load_dataset, make_loader
-from orchestrator.metrics import iou_from_confusion, nan_to_none, pixel_accuracy
-from orchestrator.run_search import run_dir, torch_trainer
-from orchestrator.search_loop import EPOCHS_DIR, _all_reduce, evaluate, report, say, setup_process
-from orchestrator.steps import StepOptions, autocast, inputs
+from orchestrator.io import checkpointing as ckpt
+from orchestrator.io.atomic import write_json
+from orchestrator.train.metrics import iou_from_confusion, nan_to_none, pixel_accuracy
+from orchestrator.train.search_loop import EPOCHS_DIR, _all_reduce, evaluate, report, say, setup_process
+from orchestrator.train.steps import StepOptions, autocast, inputs
+from orchestrator.train.trainers import run_dir, torch_trainer
 from search_space import DiscreteNet, Genotype
 
 

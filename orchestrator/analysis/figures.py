@@ -1,7 +1,7 @@
 """Pictures of a decoded architecture: the network path over the L x 4 trellis, several paths on one trellis
 (the best trials of a sweep), and the cell's DAG.
 
-Each returns a matplotlib figure (Agg backend, no display needed); `orchestrator.atomic.save_figure` writes them.
+Each returns a matplotlib figure (Agg backend, no display needed); `orchestrator.io.atomic.save_figure` writes them.
 """
 
 from __future__ import annotations

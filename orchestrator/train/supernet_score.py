@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from orchestrator.checkpointing import read_checkpoint_dir
 from orchestrator.config import ExperimentConfig, config_from_dict
 from orchestrator.data import IGNORE_INDEX, load_dataset, search_splits
-from orchestrator.metrics import confusion_matrix, iou_from_confusion
+from orchestrator.io.checkpointing import read_checkpoint_dir
+from orchestrator.train.metrics import confusion_matrix, iou_from_confusion
 from search_space import Genotype, SuperNet, decode_cell, decode_path
 from search_space.decoding import top_paths
 

@@ -1,6 +1,6 @@
 """The whole chain a user runs: the Tune sweep, a leaderboard, then the final actor that decodes the best
-trial and retrains it. This module orchestrates; the sweep (`orchestrator.sweep`) and the final step
-(`orchestrator.final`) do the work.
+trial and retrains it. This module orchestrates; the sweep (`orchestrator.sweep.tune_driver`) and the final step
+(`orchestrator.sweep.final`) do the work.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import ray
 
 from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
-from orchestrator.final import FinalActor
-from orchestrator.run_search import latest_checkpoint_dir
-from orchestrator.sweep import best_result, experiment_dir, run_sweep, trial_id_of
+from orchestrator.sweep.final import FinalActor
+from orchestrator.sweep.tune_driver import best_result, experiment_dir, run_sweep, trial_id_of
+from orchestrator.train.trainers import latest_checkpoint_dir
 
 
 class SweepFailedError(RuntimeError):
@@ -112,7 +112,7 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
         ranked = ray.get(actor.candidates.remote(config_to_dict(best_cfg), exp_dir, facts))
         genotype, selection = ranked[0], None
         if cfg.selection.top_k > 1 and len(ranked) > 1:
-            from orchestrator.selection import short_retrain_selection
+            from orchestrator.sweep.selection import short_retrain_selection
 
             genotype, selection = short_retrain_selection(best_cfg, ranked[:cfg.selection.top_k],
                                                           f"{exp_dir}/final/selection")
@@ -121,7 +121,7 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
         ray.kill(actor)
     v = cfg.validation
     if v.random > 0:
-        from orchestrator.validation import validate_experiments
+        from orchestrator.sweep.validation import validate_experiments
 
         print(f"\nvalidation: the searched genotype against {v.random} random ones", flush=True)
         result = validate_experiments([exp_dir], f"{exp_dir}/final", v.random, v.seeds, v.random_seeds,

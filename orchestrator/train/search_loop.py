@@ -2,7 +2,7 @@
 
 `train_fn_per_worker` knows nothing about Tune. Each step updates the supernet weights on a trainA batch (SGD,
 cosine learning rate) and, from the warmup epoch on, alpha and beta on a trainB batch (Adam): the paper's
-first-order alternation (`orchestrator.steps`). The weight step runs through the DDP-wrapped model, so DDP
+first-order alternation (`orchestrator.train.steps`). The weight step runs through the DDP-wrapped model, so DDP
 averages the weight gradients across workers. The arch step computes alpha's and beta's gradients only, on the
 unwrapped network outside DDP's reducer, and averages them with one explicit all-reduce: no weight gradient is
 computed or sent for it. Identical gradients into identical optimizer states keep every worker identical.
@@ -14,7 +14,7 @@ nothing to restore beyond the step). alpha/beta use a constant ``search.arch_lr`
 Each epoch ends with validation of the supernet on every worker's shard of the validation set (confusion
 matrices and loss sums all-reduced, so every rank reports the same metrics), a report to Ray Train on every
 rank, and (every ``runtime.checkpoint_every`` epochs, and at the last) a checkpoint written by rank 0 holding
-everything to continue bit-for-bit (`orchestrator.checkpointing`).
+everything to continue bit-for-bit (`orchestrator.io.checkpointing`).
 
 Failures. A worker group that Ray restarts (a lost node, a killed worker) resumes from the newest checkpoint that
 passes its SHA-256 check; a corrupt latest one is skipped with a warning (`checkpointing.read_newest_valid`).
@@ -24,7 +24,7 @@ all-reduce, report the epoch once more with ``diverged: True``, a ``stop_reason`
 write no checkpoint (the last healthy one stays the latest) and return normally. Raising instead would make Ray
 retry a deterministic failure ``runtime.max_failures`` times.
 
-Loop config (what `orchestrator.run_search.make_trainer` passes): ``{"config": <config dict>, "run_dir":
+Loop config (what `orchestrator.train.trainers.make_trainer` passes): ``{"config": <config dict>, "run_dir":
 <local folder for TensorBoard>, "stop_at_epoch": <int or None>}``. ``stop_at_epoch`` ends this run after that
 many finished epochs while the schedule still spans ``search.epochs``: a later run under the same name resumes
 from the checkpoint and continues the same search.
@@ -53,11 +53,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from orchestrator import checkpointing as ckpt
-from orchestrator.atomic import write_json
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, search_space_of
 from orchestrator.data import DataError, InfiniteLoader, load_dataset, make_loader, search_splits
-from orchestrator.metrics import (
+from orchestrator.io import checkpointing as ckpt
+from orchestrator.io.atomic import write_json
+from orchestrator.train.metrics import (
     alpha_entropy,
     beta_entropy,
     beta_entropy_per_layer,
@@ -67,7 +67,7 @@ from orchestrator.metrics import (
     param_free_ops,
     pixel_accuracy,
 )
-from orchestrator.steps import StepOptions, arch_step, autocast, inputs, weight_step
+from orchestrator.train.steps import StepOptions, arch_step, autocast, inputs, weight_step
 from search_space import SuperNet
 
 PREVIEW_IMAGES = 2
@@ -530,7 +530,7 @@ def open_board(rank: int, run_dir: str | None, data: SearchData) -> Any:
     """Rank 0's TensorBoard writer in ``<run_dir>/tensorboard``, or None elsewhere."""
     if rank != 0 or not run_dir:
         return None
-    from orchestrator.tb_logging import SearchBoard  # matplotlib and tensorboardX on rank 0 only
+    from orchestrator.train.tb_logging import SearchBoard  # matplotlib and tensorboardX on rank 0 only
 
     return SearchBoard(os.path.join(run_dir, "tensorboard"), data.classes)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import ray
 
-from orchestrator.atomic import save_figure, write_json, write_text
+from orchestrator.analysis.figures import cell_figure, path_figure
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
-from orchestrator.figures import cell_figure, path_figure
-from orchestrator.supernet_score import load_supernet, read_search_state, select_path
+from orchestrator.io.atomic import save_figure, write_json, write_text
+from orchestrator.train.supernet_score import load_supernet, read_search_state, select_path
 from search_space import Genotype, decode_cell, decode_path, sample_tilted_genotypes
 from search_space.decoding import top_paths
 
@@ -94,8 +94,8 @@ def write_architecture(genotype: Genotype, final_dir: str | os.PathLike, label: 
 def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: str,
                           extra: dict[str, Any]) -> dict[str, Any]:
     """Retrain ``genotype`` with ``cfg.retrain`` and write ``summary.json``; returns the summary."""
-    from orchestrator.retrain import run_retrain
-    from orchestrator.run_search import read_epochs
+    from orchestrator.train.retrain_loop import run_retrain
+    from orchestrator.train.trainers import read_epochs
 
     start = time.time()
     result = run_retrain(cfg, genotype, storage_path=final_dir, name="retrain")
