@@ -1,6 +1,7 @@
 """The Auto-DeepLab search space (Liu et al., CVPR 2019): ops, cell, trellis, decoding, discrete networks."""
 
-from search_space.decoding import decode_cell, decode_path, num_edges
+from search_space.cell_edges import num_edges
+from search_space.decoding import decode_cell, decode_path
 from search_space.discrete import DiscreteCell, DiscreteNet, autodeeplab
 from search_space.genotypes import AUTODEEPLAB, RATES, VARIANTS, Genotype, GenotypeError
 from search_space.operations import OP_FAMILIES, OPS, PARAMETER_FREE, PRIMITIVES

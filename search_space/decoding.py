@@ -11,23 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from search_space.cell_edges import blocks_for_edges, edge_offsets
 from search_space.genotypes import Block
 from search_space.operations import PRIMITIVES
 from search_space.trellis import DIRECTIONS, NUM_LEVELS, transition_probs
-
-
-def num_edges(blocks: int) -> int:
-    """Edges in a cell of ``blocks`` blocks: block i has i + 2 inputs (2 + 3 + ... + (B + 1))."""
-    return sum(i + 2 for i in range(blocks))
-
-
-def blocks_for_edges(edges: int) -> int:
-    blocks = 0
-    while num_edges(blocks) < edges:
-        blocks += 1
-    if num_edges(blocks) != edges:
-        raise ValueError(f"alpha has {edges} rows, which is no cell's edge count (2, 5, 9, 14, 20, ...)")
-    return blocks
 
 
 def decode_cell(alpha: torch.Tensor) -> tuple[Block, ...]:
@@ -37,14 +24,13 @@ def decode_cell(alpha: torch.Tensor) -> tuple[Block, ...]:
     weights = torch.softmax(alpha.detach().float().cpu(), dim=-1)
     nonzero = [k for k, name in enumerate(PRIMITIVES) if name != "none"]
     weights = weights[:, nonzero]
-    cell, start = [], 0
-    for block in range(blocks_for_edges(alpha.shape[0])):
+    cell = []
+    for block, start in enumerate(edge_offsets(blocks_for_edges(alpha.shape[0]))):
         inputs = block + 2
         w = weights[start:start + inputs]
         strength, best = w.max(dim=1)  # max returns the first maximum: lowest PRIMITIVES index on ties
         ranked = sorted(range(inputs), key=lambda j: (-float(strength[j]), j))[:2]
         cell.append(tuple((PRIMITIVES[nonzero[int(best[j])]], j) for j in sorted(ranked)))
-        start += inputs
     return tuple(cell)
 
 

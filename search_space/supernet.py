@@ -22,11 +22,11 @@ genotype's one-hot op per kept edge, every node on the genotype's path takes its
 node alone, and only the head of the path's last level predicts. Nodes off the path still run, since the path's
 cells take their H^{l-2} input from the trellis as in training.
 
-`forward` runs each node's cell batched over its paths, edges and ops (`cell_search.SearchCell.forward`);
-`forward_reference` is the plain per-path, per-edge forward with the same math on the same weights, kept
-for tests and FLOP counting. ``checkpoint_cells`` recomputes the cells of chosen levels in backward instead of
-keeping their activations (memory for time). Activation memory per node halves with each level down (channels
-double, pixels quarter), so level 0 (stride 4) alone holds about half of it.
+`forward` runs each node's cell batched over its paths, edges and ops (`cell_batched.SearchCell.forward`);
+`forward_reference` is the plain per-path, per-edge forward with the same math on the same weights
+(`cell_search.Cell.forward_paths`), kept for tests and FLOP counting. ``checkpoint_cells`` recomputes the cells
+of chosen levels in backward instead of keeping their activations (memory for time). Activation memory per node
+halves with each level down (channels double, pixels quarter), so level 0 (stride 4) alone holds about half of it.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from search_space.cell_search import SearchCell
-from search_space.decoding import decode_cell, decode_path, num_edges
+from search_space.cell_batched import SearchCell
+from search_space.cell_edges import num_edges
+from search_space.decoding import decode_cell, decode_path
 from search_space.genotypes import RATES, Genotype
 from search_space.heads import DeepLabDecoder, SearchASPP
 from search_space.operations import PRIMITIVES, ReLUConvBN, check_family
@@ -129,7 +130,7 @@ class Node(nn.Module):
     def forward_reference(self, prev: dict[int, torch.Tensor], pp: torch.Tensor, probs: dict[int, torch.Tensor],
                           weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         s0, paths = self._inputs(prev, pp, list(probs), size)
-        outs = self.cell.forward_reference(s0, paths, weights)
+        outs = self.cell.forward_paths(s0, paths, weights)
         total = probs[next(iter(probs))] * outs[0]
         for p, out in zip(list(probs.values())[1:], outs[1:], strict=True):
             total = total + p * out
@@ -151,7 +152,7 @@ class SuperNet(nn.Module):
             cost about one more forward of time; level 0 alone about half the activation memory for a third
             of that time.
         recompute_units: in training, the batched cells' depthwise-pointwise-BN units store only their input
-            and recompute the rest in backward (`cell_search._SeparableBN`): at L=12, F=8, crop 129, batch 2
+            and recompute the rest in backward (`cell_autograd.separable_bn`): at L=12, F=8, crop 129, batch 2
             on CPU, 0.75 GB less peak memory for one more depthwise conv and matmul per unit in backward (steps
             5-10% slower). False stores the depthwise outputs and BN inputs instead.
         head: "aspp" (the paper's search head) or "decoder" (see the module docstring).

@@ -25,6 +25,7 @@ from search_space import (
     reachable_levels,
     transition_probs,
 )
+from search_space.cell_search import Cell, MixedOp
 from search_space.summary import count_macs, count_params
 from search_space.trellis import DIRECTIONS
 
@@ -53,6 +54,43 @@ def test_primitives_is_the_one_op_list():
     assert len(PRIMITIVES) == 8 and PRIMITIVES[0] == "none"
     for family in OP_FAMILIES:
         assert tuple(OPS[family]) == PRIMITIVES
+
+
+@pytest.mark.parametrize("family", OP_FAMILIES)
+def test_mixed_op_is_the_weighted_sum_over_the_op_table(family):
+    """DARTS' MixedOp, ``sum_k w_k op_k(x)`` over every entry of PRIMITIVES (the zero op included)."""
+    torch.manual_seed(0)
+    mixed = MixedOp(4, family).double()
+    assert len(mixed.ops) == len(PRIMITIVES)
+    x, w = torch.randn(2, 4, 9, 9, dtype=torch.float64), torch.randn(len(PRIMITIVES), dtype=torch.float64)
+    expected = w[0] * mixed.ops[0](x)
+    for k in range(1, len(PRIMITIVES)):
+        expected = expected + w[k] * mixed.ops[k](x)
+    torch.testing.assert_close(mixed(x, w), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_cell_is_the_darts_cell_summed_over_paths(blocks):
+    """Block b sums one mixed op per earlier state (s0, s1, blocks 0..b-1); the cell concatenates the blocks;
+    the node's paths are summed with their probabilities."""
+    torch.manual_seed(blocks)
+    cell = Cell(3, blocks, "darts").double().eval()
+    weights = torch.softmax(torch.randn(num_edges(blocks), len(PRIMITIVES), dtype=torch.float64), -1)
+    s0, s1 = torch.randn(2, 3, 7, 7, dtype=torch.float64), torch.randn(2, 2, 3, 7, 7, dtype=torch.float64)
+    probs = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    expected = 0
+    for g in range(2):
+        states, edge = [s0, s1[:, g]], 0
+        for _ in range(blocks):
+            block = 0
+            for h in states:
+                block = block + cell.edges[edge](h, weights[edge])
+                edge += 1
+            states.append(block)
+        expected = expected + probs[g] * torch.cat(states[2:], 1)
+    out = cell(s0, s1, weights, probs)
+    assert out.shape == (2, 3 * blocks, 7, 7)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_paper_atrous_is_full_conv_darts_is_depthwise():

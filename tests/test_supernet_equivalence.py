@@ -1,5 +1,7 @@
 """The batched supernet forward computes the paper's math: it matches the plain per-path reference forward
-on the same weights (outputs, gradients of alpha, beta and every weight, BN running statistics)."""
+on the same weights (outputs, gradients of alpha, beta and every weight, BN running statistics), for the whole
+supernet, for one cell (`cell_batched.SearchCell` against `cell_search.Cell`), and its hand-written backwards
+(`cell_autograd`) match finite differences."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ import copy
 import pytest
 import torch
 
-from search_space import OP_FAMILIES, SuperNet
-from search_space.cell_search import fast_plan
+from search_space import OP_FAMILIES, PRIMITIVES, SuperNet, num_edges
+from search_space.cell_autograd import bn_view, separable_bn, separable_linear
+from search_space.cell_batched import SearchCell
+from search_space.cell_plan import fast_plan
+from search_space.cell_search import Cell
 
 TINY = dict(layers=3, filter_multiplier=2, stem_channels=(8, 8, 16))
 
@@ -153,6 +158,69 @@ def test_arch_step_gradients_match_reference():
     for p, q in zip(fast.arch_parameters(), ref.arch_parameters(), strict=True):
         _close(p.grad, q.grad, 1e-9, "arch grad")
     assert all(p.grad is None for p in fast.weight_parameters())
+
+
+def _cell_step(cell: Cell, inputs: list[torch.Tensor], cotangent: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Output, and gradients of the inputs and of every weight, of one forward and backward of ``cell``."""
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    y = cell(*leaves)
+    params = list(cell.parameters())
+    grads = torch.autograd.grad((y * cotangent).sum(), leaves + params)
+    return y.detach(), list(grads)
+
+
+@pytest.mark.parametrize("family", OP_FAMILIES)
+@pytest.mark.parametrize("paths", [1, 3])
+def test_batched_cell_matches_the_plain_cell(family, paths):
+    """One cell, no supernet: train twice (running statistics accumulate), eval, eval without autograd."""
+    torch.manual_seed(paths)
+    ref = Cell(3, 3, family).double()
+    fast = SearchCell(3, 3, family).double()
+    fast.load_state_dict(ref.state_dict())
+    assert fast.plan is not None
+    weights = torch.softmax(2 * torch.randn(num_edges(3), len(PRIMITIVES), dtype=torch.float64), -1)
+    probs = torch.softmax(torch.randn(paths, dtype=torch.float64), 0)
+    for train in (True, True, False):
+        fast.train(train)
+        ref.train(train)
+        inputs = [torch.randn(2, 3, 9, 7, dtype=torch.float64), torch.randn(2, paths, 3, 9, 7, dtype=torch.float64),
+                  weights, probs]
+        cotangent = torch.randn(2, 9, 9, 7, dtype=torch.float64)
+        (y_fast, g_fast), (y_ref, g_ref) = _cell_step(fast, inputs, cotangent), _cell_step(ref, inputs, cotangent)
+        _close(y_fast, y_ref, 1e-9, "output")
+        for i, (a, b) in enumerate(zip(g_fast, g_ref, strict=True)):
+            _close(a, b, 1e-9, f"gradient {i}")
+        stats = ref.state_dict()
+        for name, b in fast.state_dict().items():
+            _close(b.double(), stats[name].double(), 1e-9, name, floor=1.0)
+    with torch.no_grad():
+        _close(fast(*inputs), ref(*inputs), 1e-9, "output without autograd")
+
+
+@pytest.mark.parametrize("multiplier", [False, True])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_separable_units_backward_matches_finite_differences(multiplier, dilation):
+    """`separable_linear` and `separable_bn` (recomputed in backward), in both depthwise layouts: a channel
+    multiplier (stage 1: every slot reads the same input) and plain (later stages: each slot its own input)."""
+    torch.manual_seed(dilation)
+    groups, slots, c = 2, 2, 2
+    x = torch.randn(2 * groups, c if multiplier else slots * c, 4, 5, dtype=torch.float64, requires_grad=True)
+    dw = torch.randn(slots * c, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    pw = torch.randn(slots, c, c, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(groups * slots * c, dtype=torch.float64, requires_grad=True)
+    stats = torch.zeros(2, groups * slots * c, dtype=torch.float64)
+    with torch.no_grad():  # the plain composition of built-in ops
+        y = separable_linear(x, dw, pw, dilation)
+    _close(separable_linear(x, dw, pw, dilation), y, 1e-12, "separable_linear")
+    assert torch.autograd.gradcheck(lambda *a: separable_linear(*a, dilation), (x, dw, pw))
+
+    def unit(x, dw, pw, scale):
+        return separable_bn(x, dw, pw, scale, dilation, groups, stats[0], stats[1], 1e-5)
+
+    assert torch.autograd.gradcheck(unit, (x, dw, pw, scale))
+    flat = bn_view(y, groups)  # the batch statistics it writes: per path, slot and channel
+    _close(stats[0], flat.mean((0, 2)), 1e-12, "mean")
+    _close(stats[1], flat.var((0, 2)), 1e-12, "variance")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
