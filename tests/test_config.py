@@ -128,6 +128,20 @@ def test_bad_values_are_refused_naming_file_and_key(tmp_path: Path, data, key):
     assert str(path) in str(err.value) and key in str(err.value)
 
 
+def test_level_and_crop_limits_follow_the_search_space():
+    """The deepest level and the largest downsample rate come from search_space, not retyped in the config."""
+    from search_space.genotypes import RATES
+    from search_space.trellis import NUM_LEVELS
+
+    cfg = config_from_dict({"runtime": {"checkpoint_levels": list(range(NUM_LEVELS))},
+                            "data": {"crop_size": RATES[-1]}, "retrain": {"crop_size": RATES[-1]}})
+    assert cfg.runtime.checkpoint_levels == list(range(NUM_LEVELS))
+    with pytest.raises(ConfigError, match=rf"to {NUM_LEVELS - 1} \(stride {RATES[-1]}\)"):
+        config_from_dict({"runtime": {"checkpoint_levels": [NUM_LEVELS]}})
+    with pytest.raises(ConfigError, match=rf"retrain.crop_size = {RATES[-1] - 1}: expected at least {RATES[-1]}"):
+        config_from_dict({"retrain": {"crop_size": RATES[-1] - 1}})
+
+
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 

@@ -1,0 +1,204 @@
+"""Reading, overriding, saving and naming configs.
+
+Unknown keys are refused with the file, the dotted key and the closest valid key named; wrong types with file,
+key, value and the expected type; then every field's range rule runs (`schema.validate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import typing
+from pathlib import Path
+from types import UnionType
+from typing import Any
+
+import yaml
+
+from orchestrator.config.rules import ConfigError
+from orchestrator.config.schema import SEARCH_SPACE_KEYS, ExperimentConfig, unknown_key, validate
+from orchestrator.io.atomic import write_text
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce_scalar(value: Any, hint: Any, bad: ConfigError) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept any string float() takes.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    if not isinstance(value, str):  # hint is str
+        raise bad
+    return value
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    """Check ``value`` against a field's type hint; returns it converted (int -> float, tuple -> list)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], source, key)
+    bad = ConfigError(f"{source}: {key} = {value!r}: expected {_describe(hint)}")
+    if hint in (bool, int, float, str):
+        return _coerce_scalar(value, hint, bad)
+    if origin is list or hint is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = args[0] if args else Any
+        return [v if item is Any else _coerce(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{source}: {key} = {value!r}: expected a mapping with string keys")
+        return dict(value)
+    raise TypeError(f"config field {key} has an unsupported type {hint}")  # a bug in this package
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'the top level'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            candidates = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise ConfigError(f"{source}: {unknown_key(dotted, candidates)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        dotted = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, data[name], source, dotted)
+        else:
+            kwargs[name] = _coerce(data[name], hint, source, dotted)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+
+def config_from_dict(data: dict | None, source: str = "config") -> ExperimentConfig:
+    """Build and validate a config from a plain (e.g. YAML-loaded) dict; ``source`` names it in errors."""
+    return validate(_build(ExperimentConfig, data, source, ""), source)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict:
+    """The config as plain dicts, lists and scalars (YAML/JSON-safe, what Ray passes to workers)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str, source: str = "override") -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into the key path and the YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{source}: {text!r}: expected key=value, e.g. search.arch_lr=0.003")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: {text!r}: the value is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict[str, Any], source: str = "override") -> dict:
+    """A copy of ``data`` (a config dict) with dotted-key overrides set, from strings or a mapping.
+
+    Only sets values; `config_from_dict` then rejects unknown keys and bad values as for a file.
+    """
+    out = json.loads(json.dumps(data or {}))
+    items = ([parse_override(o, source) for o in overrides] if isinstance(overrides, list)
+             else [(k.split("."), v) for k, v in overrides.items()])
+    for path, value in items:
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: list[str] | dict[str, Any],
+                   source: str = "override") -> ExperimentConfig:
+    """A new validated config: ``cfg`` with dotted-key overrides (what a Tune trial samples) applied."""
+    return config_from_dict(apply_overrides(config_to_dict(cfg), overrides, source), source)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate.
+
+    Errors name the file (and ``override`` for a bad override).
+    """
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    if not overrides:
+        return config_from_dict(data, path)
+    _build(ExperimentConfig, data, path, "")  # unknown keys and types in the file name the file alone
+    source = f"{path} with overrides {' '.join(overrides)}"
+    return config_from_dict(apply_overrides(data, list(overrides), source), source)
+
+
+def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (temp file in the same folder, then os.replace)."""
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None))
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+_HASH_EXCLUDED = ("name", "storage_path")  # where a run lives is not what it computes
+
+
+def config_hash(cfg: ExperimentConfig, length: int = 8) -> str:
+    """A short stable hash of the resolved config (without name and storage_path), for derived names."""
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in _HASH_EXCLUDED}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def derive_name(cfg: ExperimentConfig, source: str | os.PathLike | None = None) -> str:
+    """``cfg.name``, else ``<config file stem>-<config_hash>``: the same config always names the same run,
+    so running it again resumes it."""
+    if cfg.name:
+        return cfg.name
+    stem = Path(source).stem if source else "search"
+    return f"{stem}-{config_hash(cfg)}"
+
+
+def search_space_of(cfg: ExperimentConfig) -> dict:
+    """The values that fix the supernet's shape (compared when resuming a checkpoint)."""
+    return {k: getattr(cfg.search_space, k) for k in SEARCH_SPACE_KEYS}
