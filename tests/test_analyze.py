@@ -1,4 +1,4 @@
-"""`python -m orchestrator.analysis.cli` on the real smoke experiment of the session (`smoke_experiment`: a sweep
+"""`python -m orchestrator.analyze` on the real smoke experiment of the session (`smoke_experiment`: a sweep
 submitted with ``ray job submit`` to the test cluster), and on copies of it put in the other states a user meets:
 running (sweep.json ``running``, fresh ``updated``), interrupted (stale, a record lost). No Ray is needed here.
 """
@@ -13,12 +13,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.analysis import cli as analyze
+from orchestrator.analysis.cli import analyze, main
+from orchestrator.analysis.leaderboard import format_table, leaderboard_row, leaderboard_text, rank_rows, trial_status
+from orchestrator.analysis.read import load_experiment
+from orchestrator.analysis.report import selection_lines
+from orchestrator.analysis.state import STALE_FLOOR_S
+from orchestrator.analysis.trials import rank_trials
+from orchestrator.io.records import write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -57,23 +64,120 @@ def tfevents(path: Path):
 
 
 def test_not_an_experiment_folder_exits_2_without_traceback(tmp_path, capsys):
-    assert analyze.main([str(tmp_path)]) == 2
+    assert main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path} is not an experiment folder (no sweep.json, "
                                                "experiment_state-*.json or records.parquet)")
 
 
 def test_experiment_without_records_says_so(tmp_path, capsys):
     (tmp_path / "sweep.json").write_text(json.dumps({"status": "running", "updated": time.time(), "epochs": 4}))
-    assert analyze.main([str(tmp_path)]) == 0
+    assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "state: running" in out and "no epoch records yet" in out
     assert (tmp_path / "analysis" / "leaderboard.csv").is_file()
 
 
 def test_format_table_aligns_columns():
-    text = analyze.format_table(["trial", "score"], [["a", "0.5"], ["long-name", "0.25"]])
+    text = format_table(["trial", "score"], [["a", "0.5"], ["long-name", "0.25"]])
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1 and lines[1].endswith(" 0.5")
+
+
+# ------------------------------------------------------------------------------------- one leaderboard, two readers
+
+
+@pytest.mark.parametrize(("facts", "status"), [
+    ({"failed": True, "diverged": True, "epochs": 3}, "error"),  # Tune's verdict outranks the trial's report
+    ({"failed": True, "epochs": 3}, "error"),  # even after the last epoch: best_result never picks it
+    ({"diverged": True, "epochs": 3}, "diverged"),
+    ({"epochs": 3}, "done"),
+    ({"epochs": 0}, "not started"),
+    ({"epochs": 0, "ended": False, "sweep_state": "running"}, "pending"),
+    ({"epochs": 1}, "stopped early"),
+    ({"epochs": 1, "ended": False, "sweep_state": "running"}, "running"),
+    ({"epochs": 1, "ended": False, "sweep_state": "interrupted"}, "interrupted"),
+    ({"epochs": 1, "ended": True, "sweep_state": "interrupted"}, "stopped early"),
+])
+def test_status_precedence(facts, status):
+    args = {"failed": False, "diverged": False, "max_epochs": 3, "ended": True, "sweep_state": "finished", **facts}
+    assert trial_status(**args) == status
+
+
+def test_ranking_puts_failed_then_unscored_trials_last():
+    rows = [leaderboard_row(t, {}, final=v, epochs=1, status=s) for t, v, s in [
+        ("nan", float("nan"), "done"), ("err", 0.9, "error"), ("low", 0.1, "done"), ("high", 0.5, "stopped early"),
+        ("none", None, "not started"), ("tie", 0.5, "done")]]
+    assert [r["trial_id"] for r in rank_rows(rows, "max")] == ["high", "tie", "low", "err", "nan", "none"]
+    assert [r["trial_id"] for r in rank_rows(rows, "min")] == ["low", "high", "tie", "err", "nan", "none"]
+    assert [r["rank"] for r in rank_rows(rows, "max")] == [1, 2, 3, 4, 5, 6]
+
+
+SYNTHETIC = {  # trial: (Tune's status, reported val_miou per epoch, diverged in the last, error.txt)
+    "ok": ("TERMINATED", [0.3, 0.4, 0.5], False, False),
+    "asha": ("TERMINATED", [0.2], False, False),
+    "retried": ("TERMINATED", [0.1], False, True),  # failed once, Tune retried it, then the scheduler stopped it
+    "div": ("TERMINATED", [0.6, float("nan")], True, False),
+    "late-error": ("ERROR", [0.7, 0.8, 0.9], False, True),  # every epoch ran, then the trial failed
+    "ghost": ("PENDING", [], False, False),  # never reported
+}
+
+
+def synthetic_experiment(path: Path) -> Path:
+    """A finished three-epoch sweep, written as the driver and Tune write it, with one trial of each status."""
+    path.mkdir()
+    (path / "sweep.json").write_text(json.dumps({"status": "finished", "metric": "val_miou", "mode": "max",
+                                                 "epochs": 3, "updated": time.time()}))
+    trial_data = []
+    for trial_id, (status, scores, diverged, error) in SYNTHETIC.items():
+        config = {"search.lr": 0.01 * (len(trial_data) + 1)}
+        for epoch, score in enumerate(scores, start=1):
+            last = diverged and epoch == len(scores)
+            write_record(path, trial_id, config, {"epoch": epoch, "val_miou": score, "diverged": last,
+                                                  "stop_reason": f"diverged in epoch {epoch}" if last else None})
+        (path / f"trial-{trial_id}").mkdir()
+        if error:
+            (path / f"trial-{trial_id}" / "error.txt").write_text("Traceback ...\nRuntimeError: worker died\n")
+        trial_data.append([json.dumps({"trial_id": trial_id, "status": status, "config": config}),
+                           json.dumps({"last_result": {"epoch": len(scores)} if scores else {}})])
+    (path / "experiment_state-2024-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    return path
+
+
+def fake_grid() -> list[SimpleNamespace]:
+    """Tune's ResultGrid for the same trials, as `orchestrator.sweep.chain.leaderboard` reads it."""
+    results = []
+    for trial_id, (status, scores, diverged, _) in SYNTHETIC.items():
+        metrics = {"trial_id": trial_id, "epoch": len(scores), "val_miou": scores[-1], "diverged": diverged,
+                   "stop_reason": f"diverged in epoch {len(scores)}" if diverged else None} if scores else None
+        error = RuntimeError("worker died") if status == "ERROR" else None
+        results.append(SimpleNamespace(metrics=metrics, error=error, config={}, path=f"/x/trial-{trial_id}"))
+    return results
+
+
+EXPECTED = [("ok", "done"), ("asha", "stopped early"), ("retried", "stopped early"), ("late-error", "error"),
+            ("div", "diverged"), ("ghost", "not started")]
+
+
+def test_analysis_ranks_and_labels_trials_by_the_one_precedence(tmp_path):
+    rows = rank_trials(load_experiment(synthetic_experiment(tmp_path / "exp")))
+    assert [(r["trial_id"], r["status"]) for r in rows] == EXPECTED
+    reasons = {r["trial_id"]: r["stop_reason"] for r in rows}
+    assert reasons["div"] == "diverged in epoch 2" and reasons["ok"] is None and reasons["retried"] is None
+    assert reasons["late-error"] == "RuntimeError: worker died (trial-late-error/error.txt)"
+
+
+def test_the_sweep_prints_the_same_leaderboard(capsys):
+    from orchestrator.config import config_from_dict
+    from orchestrator.sweep.chain import leaderboard, print_leaderboard  # imports Ray, starts nothing
+
+    cfg = config_from_dict({"search": {"epochs": 3, "warmup_epochs": 1}})
+    rows = leaderboard(fake_grid(), cfg)
+    assert [(r["trial_id"], r["status"]) for r in rows] == EXPECTED
+    assert {r["trial_id"]: r["stop_reason"] for r in rows}["late-error"] == "worker died"
+    print_leaderboard(rows, "val_miou", "max")
+    out = capsys.readouterr().out
+    assert out == "\n" + leaderboard_text(rows, "val_miou", "max", best=False) + "\n"
+    assert "div diverged: diverged in epoch 2" in out and "late-error error: worker died" in out
 
 
 # ------------------------------------------------------------------------------------- the real experiment
@@ -166,14 +270,14 @@ def test_interrupted_copy_is_detected_and_loses_no_epoch(experiment, tmp_path):
     lost = sorted((exp / "records").glob("*/epoch-*.parquet"))[-1]  # the driver died before recording it
     lost.unlink()
     key = (lost.parent.name, int(lost.stem.split("-")[1]))
-    later = time.time() + analyze.STALE_FLOOR_S + 60
-    result = analyze.analyze(exp, tmp_path / "out", now=later, hparams_view=False)
+    later = time.time() + STALE_FLOOR_S + 60
+    result = analyze(exp, tmp_path / "out", now=later, hparams_view=False)
     assert result.experiment.state == "interrupted" and "--resume" in result.experiment.state_reason
     frame = result.experiment.frame.set_index(["trial_id", "epoch"])
     assert len(frame) == len(list(experiment.glob("records/*/epoch-*.parquet"))) and frame.index.is_unique
     assert frame.loc[key, "source"] == "tune-result-json"  # Tune's own log of the report
     (exp / f"trial-{key[0]}" / "result.json").unlink()  # ... or, without it, rank 0's epoch file
-    assert analyze.load_experiment(exp, now=later).frame.set_index(["trial_id", "epoch"]).loc[key, "source"] \
+    assert load_experiment(exp, now=later).frame.set_index(["trial_id", "epoch"]).loc[key, "source"] \
         == "epochs-json"
     assert {r["status"] for r in result.rows} <= {"done", "stopped early", "interrupted"}
 
@@ -181,7 +285,7 @@ def test_interrupted_copy_is_detected_and_loses_no_epoch(experiment, tmp_path):
     shutil.rmtree(exp / "records" / other)  # Tune knows it, nothing else does
     shutil.rmtree(exp / f"train-{other}" / "epochs")
     (exp / f"trial-{other}" / "result.json").unlink()
-    rows = analyze.rank_trials(analyze.load_experiment(exp, now=later))
+    rows = rank_trials(load_experiment(exp, now=later))
     assert rows[-1]["trial_id"] == other and rows[-1]["epochs"] == 0 and rows[-1]["final"] is None
     assert rows[-1]["status"] == "not started" and rows[-1]["config"]
 
@@ -221,8 +325,6 @@ def test_search_diagnostics_are_recorded_and_reported(cli):
 
 
 def test_selection_lines_show_the_short_retrains_and_the_winner():
-    from orchestrator.analysis.cli import selection_lines
-
     assert selection_lines({"selection": {"short_retrains": None}}) == []
     table = {"short_epochs": 5, "winner": "candidate-1", "candidates": [
         {"label": "candidate-0", "path": [0, 0, 0, 1], "epochs": 5, "val_miou": 0.2},

@@ -1,4 +1,4 @@
-"""The plots of `orchestrator.analysis.cli`, each a PNG written atomically (`orchestrator.io.atomic.save_figure`):
+"""The plots of `python -m orchestrator.analyze`, each a PNG written atomically (`orchestrator.io.atomic.save_figure`):
 
 - ``curves.png``: the sweep's metric (and ``val_loss``) per epoch, one line per trial; an ``x`` marks the last
   epoch of a trial the scheduler stopped early.
@@ -28,7 +28,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from orchestrator.analysis.figures import paths_figure  # noqa: E402
+from orchestrator.analysis.leaderboard import param_keys  # noqa: E402
 from orchestrator.io.atomic import save_figure  # noqa: E402
+from search_space.cell_edges import blocks_for_edges, edge_inputs  # noqa: E402
 from search_space.genotypes import RATES, Genotype, GenotypeError  # noqa: E402
 from search_space.operations import PRIMITIVES  # noqa: E402
 from search_space.trellis import DIRECTIONS, NUM_LEVELS, reachable_levels  # noqa: E402
@@ -79,10 +81,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def edge_labels(edges: int) -> list[str]:
     """``B<b> <- <input>`` for each row of alpha (block b has inputs H(l-2), H(l-1) and blocks before it)."""
-    blocks = round((-3 + math.sqrt(9 + 8 * edges)) / 2)
+    try:
+        blocks = blocks_for_edges(edges)
+    except ValueError:
+        return [f"edge {e}" for e in range(edges)]
     names = ["H(l-2)", "H(l-1)"] + [f"B{b + 1}" for b in range(blocks)]
-    labels = [f"B{b + 1} <- {names[i]}" for b in range(blocks) for i in range(b + 2)]
-    return labels if len(labels) == edges else [f"edge {e}" for e in range(edges)]
+    return [f"B{b + 1} <- {names[i]}" for b, i in edge_inputs(blocks)]
 
 
 def _epoch_ticks(ax, epochs: list[int]) -> None:
@@ -202,9 +206,8 @@ def _genotype(row: dict[str, Any]) -> Genotype | None:
 
 
 def write_plots(exp, rows: list[dict[str, Any]], out: Path, top: int) -> list[Path]:
-    """Every plot of this module for an `orchestrator.analyze.Experiment` into ``out``; returns the files."""
-    from orchestrator.analysis.cli import param_keys
-
+    """Every plot of this module for an `orchestrator.analysis.experiment.Experiment` into ``out``; returns the
+    files."""
     frame = exp.frame
     recorded = [r for r in rows if r["epochs"] > 0]
     chosen = recorded if top <= 0 else recorded[:top]

@@ -5,16 +5,22 @@ trial and retrains it. This module orchestrates; the sweep (`orchestrator.sweep.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import ray
 
+from orchestrator.analysis.leaderboard import (
+    leaderboard_row,
+    leaderboard_text,
+    rank_rows,
+    stop_reason,
+    trial_status,
+)
 from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
+from orchestrator.io.checkpointing import latest_checkpoint_dir
 from orchestrator.sweep.final import FinalActor
 from orchestrator.sweep.tune_driver import best_result, experiment_dir, run_sweep, trial_id_of
-from orchestrator.train.trainers import latest_checkpoint_dir
 
 
 class SweepFailedError(RuntimeError):
@@ -22,49 +28,31 @@ class SweepFailedError(RuntimeError):
 
 
 def _status(result, cfg: ExperimentConfig) -> tuple[str, str | None]:
-    """A trial's status for the leaderboard, and why it stopped when it did not finish normally."""
+    """A trial's status for the leaderboard (`orchestrator.analysis.leaderboard.trial_status` on the facts of its
+    Tune result: every trial of a returned grid has ended), and why it stopped when it failed or diverged."""
     m = result.metrics or {}
-    if result.error:
-        return "error", str(result.error).strip().splitlines()[0][:200] if str(result.error).strip() else None
-    if m.get("diverged"):
-        return "diverged", m.get("stop_reason")
-    return ("stopped early" if m.get("epoch", 0) < cfg.search.epochs else "done"), None
+    error = str(result.error).strip() if result.error else ""
+    status = trial_status(failed=result.error is not None, diverged=bool(m.get("diverged")),
+                          epochs=int(m.get("epoch") or 0), max_epochs=cfg.search.epochs, ended=True)
+    return status, stop_reason(status, error.splitlines()[0][:200] if error else None, m.get("stop_reason"))
 
 
 def leaderboard(grid, cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """One row per trial, best first: hyperparameters, last metric, epochs, status and the reason a trial failed
-    or diverged."""
+    """One `orchestrator.analysis.leaderboard` row per trial, ranked as there (by the last reported metric):
+    hyperparameters, metric, epochs, status, decoded path and the reason a trial failed or diverged."""
     rows = []
     for r in grid:
         m = r.metrics or {}
         status, reason = _status(r, cfg)
-        rows.append({
-            "trial_id": trial_id_of(r) or "?",
-            "config": dict(r.config or {}),
-            cfg.tune.metric: m.get(cfg.tune.metric),
-            "epochs": m.get("epoch", 0),
-            "status": status,
-            "stop_reason": reason,
-            "path": m.get("path"),
-        })
-    sign = -1 if cfg.tune.mode == "max" else 1
-
-    def key(row):
-        v = row[cfg.tune.metric]
-        return (0, sign * v) if isinstance(v, (int, float)) and math.isfinite(v) else (1, 0)
-
-    return sorted(rows, key=key)
+        rows.append(leaderboard_row(trial_id_of(r) or "?", r.config or {}, final=m.get(cfg.tune.metric),
+                                    epochs=int(m.get("epoch") or 0), status=status, stop_reason=reason,
+                                    path=m.get("path")))
+    return rank_rows(rows, cfg.tune.mode)
 
 
-def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
-    print(f"\n{'trial':<14} {metric:>9} {'epochs':>6} {'status':<14} {'path':<28} hyperparameters")
-    for row in rows:
-        v = row[metric]
-        value = f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else "-"
-        hp = " ".join(f"{k}={v}" for k, v in sorted(row["config"].items()))
-        print(f"{row['trial_id']:<14} {value:>9} {row['epochs']:>6} {row['status']:<14} {str(row['path']):<28} {hp}")
-        if row["stop_reason"]:
-            print(f"{'':<14} {row['status']}: {row['stop_reason']}")
+def print_leaderboard(rows: list[dict[str, Any]], metric: str, mode: str = "max") -> None:
+    """The rows as `orchestrator.analysis.leaderboard.leaderboard_text` lays them out (without peak scores)."""
+    print("\n" + leaderboard_text(rows, metric, mode, best=False), flush=True)
 
 
 def _checkpoint_of(result, exp_dir: str) -> str:
@@ -85,7 +73,7 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
     grid = run_sweep(cfg, storage_path, name, resume=resume)
     search_seconds = round(time.time() - start, 1)
     rows = leaderboard(grid, cfg)
-    print_leaderboard(rows, cfg.tune.metric)
+    print_leaderboard(rows, cfg.tune.metric, cfg.tune.mode)
     best = best_result(grid, cfg.tune.metric, cfg.tune.mode)
     if best is None:
         errors = [f"{row['trial_id']}: {row['status']}" + (f" ({row['stop_reason']})" if row["stop_reason"] else "")
