@@ -62,8 +62,9 @@ def child(args: argparse.Namespace) -> dict:
     import ray
 
     from orchestrator.config import config_to_dict
-    from orchestrator.train.search_loop import EPOCHS_DIR, train_fn_per_worker
+    from orchestrator.train.search_loop import train_fn_per_worker
     from orchestrator.train.trainers import run_dir, torch_trainer
+    from orchestrator.train.worker import EPOCHS_DIR
 
     cfg = bench_config(args)
     directory = run_dir(args.storage, f"bench-{args.child}")

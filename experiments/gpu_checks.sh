@@ -3,7 +3,7 @@
 #   1. the batched supernet equals the reference forward on CUDA (tests/test_supernet_equivalence.py);
 #   2. the paper's search step (L=12, B=5, F=8, crop 321, batch 2, 19 classes, paper ops): fp32, fp32 with the
 #      separable units stored, bf16 autocast (which stores them), bf16 + channels-last, and bf16 with the fine
-#      levels checkpointed; target <= 0.25 s and < 16 GB. The steps are the search loop's own (orchestrator/steps.py:
+#      levels checkpointed; target <= 0.25 s and < 16 GB. The steps are the search loop's own (orchestrator/train/steps.py:
 #      the arch step computes alpha/beta gradients only); search_step_s is weight + arch;
 #   3. torch.compile of the supernet in fp32 and bf16 (compile time is in the warm-up steps, not the timed ones);
 #   4. the data pipeline of cityscapes.yaml per loader worker (experiments/bench_data.py).

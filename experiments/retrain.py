@@ -21,9 +21,8 @@ import hashlib
 import json
 import os
 import sys
-from pathlib import Path
 
-from orchestrator.cli import connect_ray, user_errors
+from orchestrator.cli import connect_ray, run_arguments, user_errors
 from orchestrator.config import config_hash, load_config, with_overrides
 from search_space import AUTODEEPLAB, VARIANTS, Genotype
 
@@ -33,26 +32,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--genotype", help="genotype JSON (e.g. <experiment>/final/genotype.json)")
     which.add_argument("--arch", choices=[f"autodeeplab-{v}" for v in VARIANTS], help="a published architecture")
-    parser.add_argument("--config", required=True, help="YAML experiment config (data and retrain sections)")
-    parser.add_argument("--storage-path", help="folder (or URI) for the run; default: the config's")
-    parser.add_argument("--name", help="run name; default: retrain-<genotype>-<config hash>")
-    parser.add_argument("--address", help="Ray cluster address; default: a running cluster, else a local Ray")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. retrain.epochs=2")
+    run_arguments(parser, config_help="YAML experiment config (data and retrain sections)",
+                  name_help="run name; default: retrain-<genotype>-<config hash>", overrides_example="retrain.epochs=2")
     return parser.parse_args(argv)
 
 
 def check_resumable(directory: str, genotype: Genotype) -> None:
     """Refuse a run folder whose latest checkpoint retrains another genotype (reusing --name would resume it)."""
-    from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError
-    from orchestrator.train.trainers import latest_checkpoint_dir
+    from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError, latest_checkpoint_dir, read_manifest
+    from orchestrator.io.paths import is_remote
 
-    latest = latest_checkpoint_dir(directory) if "://" not in directory else None
-    if latest is None:
-        return
-    try:
-        saved = json.loads((latest / MANIFEST_FILE).read_text(encoding="utf-8")).get("genotype")
-    except (OSError, ValueError):
-        return  # unreadable: the workers' verification reports it
+    latest = None if is_remote(directory) else latest_checkpoint_dir(directory)
+    manifest = read_manifest(latest) if latest is not None else None
+    if manifest is None:
+        return  # none, or unreadable: the workers' verification reports it
+    saved = manifest.get("genotype")
     if saved != genotype.to_dict():
         raise CheckpointError(
             f"run folder {directory} holds a checkpoint ({latest.name}) that is not a retrain of this genotype "
@@ -74,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or f"retrain-{label}-{config_hash(cfg)}"
         storage = args.storage_path or cfg.storage_path
         from orchestrator.data.preflight import check_retrain_data
-        from orchestrator.train.retrain_loop import run_retrain
-        from orchestrator.train.trainers import check_diverged, check_resources, run_dir
+        from orchestrator.train.trainers import check_diverged, check_resources, run_dir, run_retrain
 
         check_retrain_data(cfg)
         check_resumable(run_dir(storage, name), genotype)
@@ -88,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             raise result.error
         check_diverged(run_dir(storage, name), (result.metrics or {}).get("epoch", 0))
     metrics = result.metrics or {}
-    directory = os.path.join(str(Path(storage).resolve()) if "://" not in storage else storage, name)
+    directory = run_dir(storage, name)
     print(f"\nrun folder:  {directory}")
     print(f"checkpoint:  {result.checkpoint.path if result.checkpoint else None}")
     print(f"tensorboard: tensorboard --logdir {os.path.join(directory, 'tensorboard')}")

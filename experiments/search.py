@@ -16,21 +16,19 @@ import argparse
 import os
 import sys
 
-from orchestrator.cli import connect_ray, user_errors
+from orchestrator.cli import connect_ray, run_arguments, user_errors
 from orchestrator.config import derive_name, load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML experiment config (experiments/configs/*.yaml)")
+    run_arguments(parser, config_help="YAML experiment config (experiments/configs/*.yaml)",
+                  name_help="experiment name; default: <config stem>-<config hash>",
+                  overrides_example="search.epochs=4")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep and its trials")
     parser.add_argument("--no-tune", action="store_true", help="one search with Ray Train, no Tune sweep")
     parser.add_argument("--no-retrain", action="store_true", help="stop after the sweep and the best genotype")
-    parser.add_argument("--storage-path", help="folder (or URI) for results; default: the config's")
-    parser.add_argument("--name", help="experiment name; default: <config stem>-<config hash>")
     parser.add_argument("--stop-at-epoch", type=int, help="--no-tune: end after this many epochs; run again to go on")
-    parser.add_argument("--address", help="Ray cluster address; default: a running cluster, else a local Ray")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=4")
     return parser.parse_args(argv)
 
 
@@ -67,7 +65,7 @@ def sweep(cfg, storage: str, name: str, resume: bool, retrain: bool) -> None:
 
             print("\n" + format_result(summary["validation_result"]))
     print(f"tensorboard: tensorboard --logdir {exp}")
-    print(f"analysis:    python -m orchestrator.analysis.cli {exp}")
+    print(f"analysis:    python -m orchestrator.analyze {exp}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from orchestrator.cli import connect_ray, user_errors
+from orchestrator.cli import address_argument, connect_ray, user_errors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", help="folder of the retrain runs; default <out>/validation. Validations of one "
                         "space that share it retrain each architecture and seed once")
     parser.add_argument("--no-ranking", action="store_true", help="skip the supernet's ranking (Kendall tau)")
-    parser.add_argument("--address", help="Ray cluster address; default: a running cluster, else a local Ray")
+    address_argument(parser)
     return parser.parse_args(argv)
 
 

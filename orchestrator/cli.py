@@ -8,6 +8,7 @@ one in a worker and handed it back wrapped in its own error; anything else is a 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -19,6 +20,22 @@ USER_ERROR_EXIT = 2
 WAITING_CPUS = 1
 """Logical CPUs a local Ray declares beyond the cores: the Tune trial drivers and the final actor hold 0.1 CPU
 each and only wait for their workers, so on a 2-core laptop a trial of 2 one-CPU workers (2.1 CPUs) must fit."""
+
+
+def run_arguments(parser: argparse.ArgumentParser, *, config_help: str, name_help: str,
+                  overrides_example: str) -> argparse.ArgumentParser:
+    """The arguments every entry point that runs a config shares: ``--config``, ``--storage-path``, ``--name``,
+    ``--address`` and the ``key=value`` overrides."""
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--storage-path", help="folder (or URI) for results; default: the config's storage_path")
+    parser.add_argument("--name", help=name_help)
+    address_argument(parser)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {overrides_example}")
+    return parser
+
+
+def address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address; default: a running cluster, else a local Ray")
 
 
 def connect_ray(address: str | None = None) -> None:

@@ -132,7 +132,7 @@ def test_checkpoint_names_after_a_fallback_never_reuse_a_folder():
 
 
 def test_divergence_is_detected_from_losses_and_architecture_parameters():
-    from orchestrator.train.search_loop import diverged_metrics, divergence
+    from orchestrator.train.search_loop import NUMERIC_METRICS, EpochFacts, diverged_metrics, divergence
     from search_space import SuperNet
 
     net = SuperNet(4, layers=2, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
@@ -143,10 +143,12 @@ def test_divergence_is_detected_from_losses_and_architecture_parameters():
     with torch.no_grad():
         net.beta[0, 0, 0] = float("nan")
     assert "beta has non-finite values" in divergence(torch.tensor([1.0, 1.0]), True, net, 2)
-    cfg = config_from_dict({"tune": {"metric": "val_pixel_acc"}})
-    metrics = diverged_metrics(cfg, 3, 6, torch.tensor([float("nan"), 0.0]), 2, False, (0.1, 0.003), 1.5, reason)
+    facts = EpochFacts(3, 6, 2, torch.tensor([float("nan"), 0.0]), False, (0.1, 0.003), (1.5, 0.0))
+    metrics = diverged_metrics(facts, reason)
     assert metrics["diverged"] and metrics["stop_reason"] == reason and math.isnan(metrics["val_miou"])
-    assert math.isnan(metrics["val_pixel_acc"])  # Tune's metric is present in the last report, as NaN
+    # whichever scalar a scheduler watches (tune.metric) is in the last report, NaN where unknown
+    assert set(NUMERIC_METRICS) <= set(metrics) and math.isnan(metrics["val_pixel_acc"])
+    assert metrics["lr"] == 0.1 and metrics["epoch"] == 3
 
 
 def test_a_diverging_retrain_stops_with_its_reason_and_keeps_no_checkpoint_of_it(tiny_settings, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Search diagnostics (orchestrator/metrics.py): parameter-free ops of a genotype, beta entropy per layer, and
+"""Search diagnostics (orchestrator/train/metrics.py): parameter-free ops of a genotype, beta entropy per layer, and
 their place in the epoch report and TensorBoard scalars."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orchestrator.train.metrics import beta_entropy, beta_entropy_per_layer, param_free_ops
-from orchestrator.train.search_loop import epoch_metrics
+from orchestrator.train.search_loop import EpochFacts, epoch_metrics
 from orchestrator.train.tb_logging import SearchBoard
 from search_space import AUTODEEPLAB, OPS, PARAMETER_FREE, PRIMITIVES, Genotype, SuperNet
 
@@ -65,8 +65,8 @@ def test_epoch_metrics_report_the_diagnostics():
     net = SuperNet(3, layers=3, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
     alpha, beta = net.alpha.detach().clone(), net.beta.detach().clone()
     evaluation = {"cm": torch.eye(3, dtype=torch.int64), "loss": 1.0}
-    m = epoch_metrics(net, 1, 10, torch.tensor([2.0, 0.0]), evaluation, torch.tensor([1.0, 0.5]), 4, False,
-                      (alpha, beta), "", (0.1, 0.01), 10)
+    facts = EpochFacts(1, 10, 10, torch.tensor([2.0, 0.0]), False, (0.1, 0.01), (1.0, 0.5), 4)
+    m = epoch_metrics(net, facts, evaluation, (alpha, beta), "")
     genotype = net.genotype()
     assert m["param_free_ops"] == param_free_ops(genotype)
     assert m["path_depth"] == max(genotype.path)

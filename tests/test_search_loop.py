@@ -20,7 +20,8 @@ from orchestrator.config import config_from_dict, with_overrides
 from orchestrator.data import InfiniteLoader, load_dataset, make_loader
 from orchestrator.io import checkpointing as ckpt
 from orchestrator.train.metrics import confusion_matrix, iou_from_confusion
-from orchestrator.train.search_loop import cosine_lr, resume_loader
+from orchestrator.train.search_loop import resume_loader
+from orchestrator.train.search_setup import cosine_lr
 from search_space import Genotype, SuperNet
 
 ROOT = Path(__file__).parent.parent

@@ -117,7 +117,7 @@ def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings,
 
     from orchestrator.config import config_from_dict, config_to_dict, with_overrides
     from orchestrator.train.retrain_loop import retrain_fn_per_worker
-    from orchestrator.train.search_loop import report_listener
+    from orchestrator.train.worker import report_listener
     from search_space import sample_genotype
 
     cfg = with_overrides(config_from_dict(tiny_settings), ["retrain.epochs=2", "retrain.crop_size=32",

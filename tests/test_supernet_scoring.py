@@ -1,5 +1,5 @@
 """Scoring one architecture with the supernet's shared weights (`SuperNet.forward(x, genotype)`), the decoder
-search head, the k-best paths under beta, and path selection from a search checkpoint (orchestrator/
+search head, the k-best paths under beta, and path selection from a search checkpoint (orchestrator/train/
 supernet_score.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Validation against random architectures (orchestrator/validation.py, experiments/validate.py): the statistics
+"""Validation against random architectures (orchestrator/sweep/validation.py, experiments/validate.py): the statistics
 on tables, the plan, bad input, and the command end to end on the smoke experiment (K=2)."""
 
 from __future__ import annotations

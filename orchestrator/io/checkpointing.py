@@ -94,6 +94,22 @@ def read_checkpoint_dir(directory: str | os.PathLike, map_location: str | torch.
     return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
 
 
+def latest_checkpoint_dir(directory: str | os.PathLike) -> Path | None:
+    """The newest ``checkpoint_epoch<k>`` folder with a manifest in a local run folder, or None."""
+    found = sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*/{MANIFEST_FILE}"))
+    return found[-1].parent if found else None
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """A local checkpoint folder's manifest (epoch, search space, ...), or None when it is missing or unreadable
+    (the full verification, `read_checkpoint_dir`, then says why)."""
+    try:
+        manifest = json.loads(Path(directory, MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def checkpoint_dir_name(epoch: int, taken: set[str] | frozenset[str] = frozenset()) -> str:
     """``checkpoint_epoch<epoch>``, or with ``-1``, ``-2``... appended when that name is in ``taken``.
 

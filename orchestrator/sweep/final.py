@@ -9,7 +9,6 @@ trellis), ``final/cell.png``, ``final/summary.json``; the retrain run (checkpoin
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import ray
 from orchestrator.analysis.figures import cell_figure, path_figure
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.io.atomic import save_figure, write_json, write_text
+from orchestrator.io.numbers import finite_or_none
 from orchestrator.train.supernet_score import load_supernet, read_search_state, select_path
 from search_space import Genotype, decode_cell, decode_path, sample_tilted_genotypes
 from search_space.decoding import top_paths
@@ -94,8 +94,7 @@ def write_architecture(genotype: Genotype, final_dir: str | os.PathLike, label: 
 def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: str,
                           extra: dict[str, Any]) -> dict[str, Any]:
     """Retrain ``genotype`` with ``cfg.retrain`` and write ``summary.json``; returns the summary."""
-    from orchestrator.train.retrain_loop import run_retrain
-    from orchestrator.train.trainers import read_epochs
+    from orchestrator.train.trainers import read_epochs, run_retrain
 
     start = time.time()
     result = run_retrain(cfg, genotype, storage_path=final_dir, name="retrain")
@@ -107,7 +106,7 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
         **extra,
         "genotype": genotype.to_dict(),
         "retrain": {
-            "val_miou": _finite_or_none(metrics.get("val_miou")),
+            "val_miou": finite_or_none(metrics.get("val_miou")),
             "diverged": bool(metrics.get("diverged", False)),
             "stop_reason": metrics.get("stop_reason"),
             "per_class_iou": metrics.get("per_class_iou"),
@@ -124,9 +123,6 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
     write_json(Path(final_dir) / "summary.json", summary)
     return summary
 
-
-def _finite_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 @ray.remote(num_cpus=0.1)

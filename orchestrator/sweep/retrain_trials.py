@@ -22,9 +22,10 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, with_overrides
-from orchestrator.train.retrain_loop import make_retrain_trainer, retrain_fn_per_worker
-from orchestrator.train.search_loop import report_listener
-from orchestrator.train.trainers import ResourceError, read_epochs, run_dir
+from orchestrator.io.paths import is_local_dir, local_or_none
+from orchestrator.train.retrain_loop import retrain_fn_per_worker
+from orchestrator.train.trainers import ResourceError, make_retrain_trainer, read_epochs, run_dir
+from orchestrator.train.worker import report_listener
 from search_space import Genotype
 
 
@@ -42,7 +43,7 @@ def run_name(genotype: Genotype, seed: int, cfg: ExperimentConfig) -> str:
 
 def finished_retrain(directory: str, epochs: int) -> dict[str, Any] | None:
     """The last epoch's metrics of a local retrain run that ran all ``epochs`` (or diverged), else None."""
-    if "://" in directory or not os.path.isdir(directory):
+    if not is_local_dir(directory):
         return None
     done = read_epochs(directory)
     if done and (done[-1].get("diverged") or done[-1]["epoch"] >= epochs):
@@ -72,7 +73,7 @@ def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_pr
         directory = run_dir(runs, name)
         with report_listener(tune.report):
             retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
-                                   "run_dir": directory if "://" not in directory else None, "standalone": True})
+                                   "run_dir": local_or_none(directory), "standalone": True})
         return
     make_retrain_trainer(cfg, genotype, runs, name, callbacks=[TuneReportCallback()]).fit()
 

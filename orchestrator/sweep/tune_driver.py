@@ -19,14 +19,12 @@ A trial whose search diverged ends normally with ``diverged: True`` and a ``stop
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -42,9 +40,11 @@ from orchestrator.config import (
     with_overrides,
 )
 from orchestrator.io.atomic import write_json
-from orchestrator.io.checkpointing import MANIFEST_FILE
+from orchestrator.io.checkpointing import latest_checkpoint_dir, read_manifest
+from orchestrator.io.numbers import is_finite
+from orchestrator.io.paths import absolute, is_local_dir, is_remote
 from orchestrator.io.records import RECORDS_DIR, write_record
-from orchestrator.train.trainers import ResourceError, latest_checkpoint_dir, make_trainer, read_epochs
+from orchestrator.train.trainers import ResourceError, cluster_capacity, make_trainer, read_epochs, times_fitting
 
 
 class SweepError(ValueError):
@@ -94,7 +94,7 @@ def check_resources(cfg: ExperimentConfig, cluster: dict[str, float], node_cpus:
     """
     need = trial_resources(cfg)
     per_worker = _largest_swept(cfg, "scaling.cpus_per_worker", cfg.scaling.cpus_per_worker)
-    fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+    fits = times_fitting(need, cluster)
     biggest_node = max(node_cpus, default=0.0)
     if fits < 1 or per_worker > biggest_node:
         have = ", ".join(f"{k}={cluster.get(k, 0.0):g}" for k in need)
@@ -128,7 +128,7 @@ def search_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str
 def ended_run(directory: str, epochs: int) -> dict[str, Any] | None:
     """The last report of a local Train run that already ended (all ``epochs`` done and checkpointed, or
     diverged), with its checkpoint's path as Tune's callback adds it; None when the run must (still) be fit."""
-    if "://" in directory or not os.path.isdir(directory):
+    if not is_local_dir(directory):
         return None
     done = read_epochs(directory)
     if not done:
@@ -139,10 +139,7 @@ def ended_run(directory: str, epochs: int) -> dict[str, Any] | None:
     latest = latest_checkpoint_dir(directory)
     if last[EPOCH_ATTR] < epochs or latest is None:
         return None
-    try:
-        manifest = json.loads((latest / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    manifest = read_manifest(latest) or {}
     return {**last, "checkpoint_path": str(latest)} if manifest.get("epoch") == last[EPOCH_ATTR] else None
 
 
@@ -213,7 +210,7 @@ SWEEP_CONFIG = "config.yaml"
 def check_sweep_state(cfg: ExperimentConfig, path: str, resume: bool) -> bool:
     """Whether a sweep exists at ``path`` to be resumed; refuses a rerun without ``resume`` and a resume with
     another config (SweepError). Local storage only: on remote storage Tune's state decides."""
-    if "://" in path:
+    if is_remote(path):
         return resume
     state = Path(path, SWEEP_FILE)
     if not state.is_file():
@@ -259,7 +256,7 @@ def _differences(cfg: ExperimentConfig, saved_path: Path) -> str:
 
 
 def write_sweep_file(cfg: ExperimentConfig, path: str, concurrency: int, status: str) -> None:
-    if "://" in path:
+    if is_remote(path):
         return  # Tune's own state files describe a sweep on remote storage
     save_config(cfg, os.path.join(path, SWEEP_CONFIG))
     write_json(os.path.join(path, SWEEP_FILE), {
@@ -274,14 +271,13 @@ def write_sweep_file(cfg: ExperimentConfig, path: str, concurrency: int, status:
 
 def run_sweep(cfg: ExperimentConfig, storage_path: str, name: str, resume: bool = False) -> tune.ResultGrid:
     """Run (or with ``resume``, continue) the sweep; returns Tune's ResultGrid."""
-    storage_path = storage_path if "://" in storage_path else str(Path(storage_path).resolve())
-    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    concurrency = check_resources(cfg, ray.cluster_resources(), nodes)
+    storage_path = absolute(storage_path)
+    concurrency = check_resources(cfg, *cluster_capacity())
     path = experiment_dir(storage_path, name)
     resume = check_sweep_state(cfg, path, resume)
     write_sweep_file(cfg, path, concurrency, "running")
     grid = _fit(cfg, storage_path, name, path, concurrency, resume)
-    if "://" not in path:
+    if not is_remote(path):
         backfill_records(path, grid)
     write_sweep_file(cfg, path, concurrency, "finished")
     return grid
@@ -334,12 +330,8 @@ def backfill_records(path: str, grid: tune.ResultGrid) -> list[tuple[str, int]]:
 def best_result(grid: tune.ResultGrid, metric: str, mode: str):
     """The best trial that did not fail and reported ``metric`` (its last report), or None."""
     ok = [r for r in grid if r.error is None and r.metrics and not r.metrics.get("diverged")
-          and _finite(r.metrics.get(metric))]
+          and is_finite(r.metrics.get(metric))]
     if not ok:
         return None
     sign = 1 if mode == "max" else -1
     return max(ok, key=lambda r: sign * r.metrics[metric])
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

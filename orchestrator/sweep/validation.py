@@ -28,6 +28,7 @@ import ray
 
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.io.atomic import save_figure, write_json
+from orchestrator.io.paths import is_remote
 from orchestrator.sweep.retrain_trials import run_trials
 from search_space import Genotype
 from search_space.sampling import sample_genotypes
@@ -175,7 +176,7 @@ def supernet_ranking(searched: list[Searched], summary: dict[str, Any], cfg: Exp
     threads = max(1, int(cfg.retrain.num_workers * cfg.scaling.cpus_per_worker))
     out = []
     for s in searched:
-        if not s.checkpoint or ("://" not in s.checkpoint and not os.path.isdir(s.checkpoint)):
+        if not s.checkpoint or not (is_remote(s.checkpoint) or os.path.isdir(s.checkpoint)):
             continue
         task = _score_remote.options(num_cpus=threads)
         scores = ray.get(task.remote(s.checkpoint, s.config, [r["genotype"] for r in rows], threads))

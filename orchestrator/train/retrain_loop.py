@@ -1,35 +1,43 @@
 """Retraining a decoded architecture (paper Sec. 4.2): the `DiscreteNet` of a genotype, trained from scratch
 with SGD and a poly learning rate from ``retrain.lr`` (0.05), on Ray Train with DDP.
 
-`retrain_fn_per_worker` knows nothing about Tune; `make_retrain_trainer` / `run_retrain` build and fit the
-TorchTrainer. Each epoch reports the validation mIoU and per-class IoU on every rank; rank 0 attaches a
-checkpoint (model, optimizer, epoch, RNG) and the loop resumes from `ray.train.get_checkpoint()`.
+`retrain_fn_per_worker` knows nothing about Tune; `orchestrator.train.trainers.make_retrain_trainer` builds its
+TorchTrainer. It uses the search's worker toolkit (`orchestrator.train.worker`) and metric names. Each epoch
+reports the validation mIoU and per-class IoU on every rank; rank 0 attaches a checkpoint (model, optimizer,
+epoch, RNG) and the loop resumes from the newest verified checkpoint.
 
-Loop config: ``{"config": <config dict>, "genotype": <genotype dict>, "run_dir": <folder for TensorBoard>}``.
+Loop config: ``{"config": <config dict>, "genotype": <genotype dict>, "run_dir": <folder for TensorBoard>,
+"standalone": <bool>}``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-import warnings
 from typing import Any
 
-import ray.train
 import ray.train.torch
 import torch
-from ray.train.torch import TorchTrainer
 from torch import nn
 
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.data import load_dataset, make_loader
 from orchestrator.io import checkpointing as ckpt
-from orchestrator.io.atomic import write_json
 from orchestrator.train.metrics import iou_from_confusion, nan_to_none, pixel_accuracy
-from orchestrator.train.search_loop import EPOCHS_DIR, _all_reduce, evaluate, report, say, setup_process
-from orchestrator.train.steps import StepOptions, autocast, inputs
-from orchestrator.train.trainers import run_dir, torch_trainer
+from orchestrator.train.steps import StepOptions, weight_step
+from orchestrator.train.worker import (
+    Place,
+    all_reduce,
+    evaluate,
+    newest_checkpoint,
+    open_writer,
+    place,
+    record_epoch,
+    report,
+    say,
+    setup_process,
+    sync_buffers,
+)
 from search_space import DiscreteNet, Genotype
 
 
@@ -65,28 +73,37 @@ def _loaders(cfg: ExperimentConfig, rank: int, world: int, standalone: bool = Fa
 def _resume(net: nn.Module, optimizer: torch.optim.Optimizer, genotype: Genotype, rank: int) -> tuple[int, frozenset]:
     """Load the newest checkpoint that verifies (a corrupt latest one is skipped with a warning, as in the
     search); returns the epoch to start from and the checkpoint names not to report into after a fallback."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    resume = newest_checkpoint(rank, "retrain")
+    if resume.state is None:
         return 0, frozenset()
-    skipped: list[str] = []
-
-    def warn(message: str) -> None:
-        skipped.append(message)
-        if rank == 0:
-            warnings.warn(message, stacklevel=2)
-            say(f"WARNING: {message}", "retrain")
-
-    state, used = ckpt.read_newest_valid(checkpoint, warn)
+    state = resume.state
     if state.get("genotype") != genotype.to_dict():
-        raise ckpt.CheckpointError(f"checkpoint {used.path} retrains another genotype")
+        raise ckpt.CheckpointError(f"checkpoint {resume.path} retrains another genotype")
     net.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     ckpt.set_rng_state(state["rng"])
-    taken = frozenset()
-    if skipped:
-        taken = frozenset({os.path.basename(c.path) for c in ckpt.sibling_checkpoints(used)}
-                          | {os.path.basename(used.path)})
-    return int(state["epoch"]), taken
+    return int(state["epoch"]), resume.taken
+
+
+def train_epoch(model: nn.Module, net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
+                criterion: nn.Module, opts: StepOptions, where: Place, epoch: int, cfg: ExperimentConfig
+                ) -> tuple[float, float, int]:
+    """One epoch of SGD steps under the poly schedule; returns the mean training loss over all workers, the last
+    learning rate and this worker's images."""
+    r = cfg.retrain
+    total = r.epochs * len(loader)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    loss_sum, images, lr = torch.zeros(1, dtype=torch.float64), 0, r.lr
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(where.device, non_blocking=True), y.to(where.device, non_blocking=True)  # standalone: not yet
+        lr = poly_lr(epoch * len(loader) + i, total, r.lr, r.poly_power)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = weight_step(model, net, (x, y), optimizer, criterion, opts, where.device)
+        loss_sum, images = loss_sum + loss.double().cpu(), images + x.shape[0]
+    train_loss = float(all_reduce(loss_sum)[0]) / where.world / max(len(loader), 1)
+    return train_loss, lr, images
 
 
 def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
@@ -95,122 +112,73 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     Tune trial): no DDP, no checkpoint, reports only to `report_listener` functions (a Tune trial's)."""
     cfg = config_from_dict(loop_config["config"], "retrain loop config")
     genotype = Genotype.from_dict(loop_config["genotype"], "retrain genotype")
-    standalone = bool(loop_config.get("standalone"))
-    if standalone:
-        rank, world = 0, 1
-    else:
-        ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    setup_process(cfg, rank)
-    train_loader, val_loader, train_ds = _loaders(cfg, rank, world, standalone)
+    where = place(bool(loop_config.get("standalone")), cfg.scaling.use_gpu)
+    setup_process(cfg, where.rank)
+    train_loader, val_loader, train_ds = _loaders(cfg, where.rank, where.world, where.standalone)
     net = build_retrain_model(cfg, genotype, train_ds.num_classes)
     r = cfg.retrain
     optimizer = torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    if standalone:
-        start_epoch, taken = 0, frozenset()
-        device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
-        model = net.to(device)
+    if where.standalone:
+        start_epoch, taken, model = 0, frozenset(), net.to(where.device)
     else:
-        start_epoch, taken = _resume(net, optimizer, genotype, rank)
+        start_epoch, taken = _resume(net, optimizer, genotype, where.rank)
         model = ray.train.torch.prepare_model(net)
-        device = ray.train.torch.get_device()
     criterion = nn.CrossEntropyLoss(ignore_index=train_ds.ignore_index)
-    opts = StepOptions.from_config(cfg)
-    total = r.epochs * len(train_loader)
-    writer = _writer(loop_config, rank)
+    opts = StepOptions(bf16=cfg.runtime.bf16, channels_last=cfg.runtime.channels_last)  # no clip: the paper's SGD
+    run_dir = loop_config.get("run_dir") if where.rank == 0 else None
+    writer = open_writer(where.rank, run_dir)
     for epoch in range(start_epoch, r.epochs):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        t0, loss_sum, images = time.time(), torch.zeros(1, dtype=torch.float64), 0
-        for i, (x, y) in enumerate(train_loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # standalone: not moved yet
-            lr = poly_lr(epoch * len(train_loader) + i, total, r.lr, r.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(opts, device):
-                logits = model(inputs(x, opts))
-            loss = criterion(logits.float(), y)
-            loss.backward()
-            optimizer.step()
-            loss_sum, images = loss_sum + loss.detach().double().cpu(), images + x.shape[0]
-        seconds = time.time() - t0
-        train_loss = float(_all_reduce(loss_sum)[0]) / world / max(len(train_loader), 1)
+        t0 = time.perf_counter()
+        train_loss, lr, images = train_epoch(model, net, train_loader, optimizer, criterion, opts, where, epoch, cfg)
+        seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
-            _stop_diverged(loop_config, epoch + 1, train_loss, lr, seconds, rank, standalone)
+            _stop_diverged(run_dir, epoch + 1, train_loss, lr, seconds, where)
             break
-        ev = evaluate(net, val_loader, train_ds.num_classes, train_ds.ignore_index, cfg, device)
+        sync_buffers(net)
+        ev = evaluate(net, val_loader, train_ds.num_classes, train_ds.ignore_index, opts, where.device)
         per_class, miou = iou_from_confusion(ev["cm"])
-        metrics = {"epoch": epoch + 1, "val_miou": miou, "val_loss": ev["loss"], "pixel_accuracy":
+        metrics = {"epoch": epoch + 1, "val_miou": miou, "val_loss": ev["loss"], "val_pixel_acc":
                    pixel_accuracy(ev["cm"]), "per_class_iou": nan_to_none(per_class),
                    "classes": list(train_ds.classes), "train_loss": train_loss, "lr": lr, "epoch_seconds": seconds,
-                   "images_per_second": images * world / max(seconds, 1e-9), "diverged": False, "stop_reason": None}
+                   "images_per_second": images * where.world / max(seconds, 1e-9), "diverged": False,
+                   "stop_reason": None}
         _log(writer, metrics, list(train_ds.classes))
-        _record(loop_config, metrics, rank)
-        if rank == 0:
+        if where.rank == 0:
+            record_epoch(run_dir, metrics)
             say(f"epoch {epoch + 1}/{r.epochs} train_loss={train_loss:.4f} val_loss={ev['loss']:.4f} "
                 f"val_miou={miou:.4f} {seconds:.1f}s", "retrain")
         state = None
-        if rank == 0 and not standalone:
+        if where.rank == 0 and not where.standalone:
             state = {"format_version": ckpt.FORMAT_VERSION, "model": net.state_dict(),
                      "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": (epoch + 1) * len(train_loader),
                      "genotype": genotype.to_dict(), "rng": ckpt.rng_state(), "config": config_to_dict(cfg)}
-        report(metrics, state, epoch + 1, taken, to_ray=not standalone)
+        report(metrics, state, epoch + 1, taken, to_ray=not where.standalone)
     if writer is not None:
         writer.close()
 
 
-def _record(loop_config: dict[str, Any], metrics: dict[str, Any], rank: int) -> None:
-    """Rank 0's own record of an epoch, ``<run_dir>/epochs/epoch-<k>.json``, as the search writes (Ray keeps
-    the metrics of checkpointed reports only, so a diverged epoch is known from here)."""
-    if rank == 0 and loop_config.get("run_dir"):
-        write_json(os.path.join(loop_config["run_dir"], EPOCHS_DIR, f"epoch-{metrics['epoch']:04d}.json"), metrics)
-
-
-def _stop_diverged(loop_config: dict[str, Any], epoch: int, train_loss: float, lr: float, seconds: float,
-                   rank: int, standalone: bool = False) -> None:
+def _stop_diverged(run_dir: str | None, epoch: int, train_loss: float, lr: float, seconds: float,
+                   where: Place) -> None:
     """Report a retrain whose loss turned NaN or infinite, without a checkpoint (the last healthy one stays the
     latest), and end it: raising would make Ray retry a deterministic failure ``runtime.max_failures`` times."""
     reason = (f"retrain diverged in epoch {epoch}: train_loss={train_loss:g}. Lower retrain.lr; the last "
               "checkpoint is from before this epoch")
-    if rank == 0:
-        say(f"STOPPED: {reason}", "retrain")
     nan = float("nan")
-    metrics = {"epoch": epoch, "val_miou": nan, "val_loss": nan, "train_loss": train_loss, "lr": lr,
-               "epoch_seconds": seconds, "diverged": True, "stop_reason": reason}
-    _record(loop_config, metrics, rank)
-    report(metrics, None, epoch, to_ray=not standalone)
-
-
-def _writer(loop_config: dict[str, Any], rank: int):
-    if rank != 0 or not loop_config.get("run_dir"):
-        return None
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter(os.path.join(loop_config["run_dir"], "tensorboard"))
+    metrics = {"epoch": epoch, "val_miou": nan, "val_loss": nan, "val_pixel_acc": nan, "train_loss": train_loss,
+               "lr": lr, "epoch_seconds": seconds, "diverged": True, "stop_reason": reason}
+    if where.rank == 0:
+        say(f"STOPPED: {reason}", "retrain")
+        record_epoch(run_dir, metrics)
+    report(metrics, None, epoch, to_ray=not where.standalone)
 
 
 def _log(writer, metrics: dict[str, Any], classes: list[str]) -> None:
     if writer is None:
         return
     step = metrics["epoch"]
-    for key in ("val_miou", "val_loss", "pixel_accuracy", "train_loss", "lr", "images_per_second"):
+    for key in ("val_miou", "val_loss", "val_pixel_acc", "train_loss", "lr", "images_per_second"):
         writer.add_scalar(f"retrain/{key}", metrics[key], step)
     for name, iou in zip(classes, metrics["per_class_iou"], strict=True):
         if iou is not None:
             writer.add_scalar(f"retrain_iou/{name}", iou, step)
     writer.flush()
-
-
-def make_retrain_trainer(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str,
-                         callbacks: list | None = None) -> TorchTrainer:
-    """A TorchTrainer that retrains ``genotype`` with ``cfg.retrain`` into ``<storage_path>/<name>``."""
-    directory = run_dir(storage_path, name)
-    loop_config = {"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
-                   "run_dir": directory if "://" not in directory else None}
-    return torch_trainer(retrain_fn_per_worker, loop_config, cfg, directory, cfg.retrain.num_workers, callbacks)
-
-
-def run_retrain(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str = "retrain"):
-    """Fit the retrain TorchTrainer; returns its `ray.train.Result`."""
-    return make_retrain_trainer(cfg, genotype, storage_path, name).fit()

@@ -1,5 +1,6 @@
-"""One search as a Ray Train run: `make_trainer` builds the `TorchTrainer` (the Tune driver uses it per trial),
-`run_single_search` fits one on the current cluster with the config's scaling, no Tune.
+"""The Ray Train runs: `make_trainer` builds a search's `TorchTrainer` (the Tune driver uses it per trial),
+`run_single_search` fits one on the current cluster with the config's scaling, no Tune; `make_retrain_trainer`
+and `run_retrain` do the same for the retrain of a genotype; `check_resources` refuses what cannot be placed.
 
 A run lives in ``<storage_path>/<name>/``: Ray's ``checkpoint_epoch<k>/`` folders and
 ``checkpoint_manager_snapshot.json``, the resolved ``config.yaml``, ``tensorboard/`` and ``epochs/`` (one JSON
@@ -26,8 +27,13 @@ from orchestrator.config import (
     save_config,
     search_space_of,
 )
-from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError
-from orchestrator.train.search_loop import EPOCHS_DIR, train_fn_per_worker
+from orchestrator.io import checkpointing as ckpt
+from orchestrator.io.checkpointing import CheckpointError, latest_checkpoint_dir
+from orchestrator.io.paths import absolute, is_remote, local_or_none
+from orchestrator.train.retrain_loop import retrain_fn_per_worker
+from orchestrator.train.search_loop import train_fn_per_worker
+from orchestrator.train.worker import EPOCHS_DIR
+from search_space import Genotype
 
 
 class ResourceError(RuntimeError):
@@ -38,20 +44,9 @@ class DivergedError(RuntimeError):
     """A search or retrain loss (or alpha/beta) became NaN or infinite; the message says when and why."""
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
 def run_dir(storage_path: str, name: str) -> str:
     """The run's folder (absolute when local, as Ray Train wants)."""
-    storage = os.path.abspath(os.path.expanduser(storage_path)) if _is_local(storage_path) else storage_path
-    return os.path.join(storage, name)
-
-
-def latest_checkpoint_dir(directory: str | os.PathLike) -> Path | None:
-    """The newest ``checkpoint_epoch<k>`` folder with a manifest in a local run folder, or None."""
-    found = sorted(Path(directory).glob("checkpoint_epoch*/" + MANIFEST_FILE))
-    return found[-1].parent if found else None
+    return os.path.join(absolute(os.path.expanduser(storage_path)), name)
 
 
 def check_resumable(cfg: ExperimentConfig, directory: str | os.PathLike) -> Path | None:
@@ -63,11 +58,10 @@ def check_resumable(cfg: ExperimentConfig, directory: str | os.PathLike) -> Path
     latest = latest_checkpoint_dir(directory)
     if latest is None:
         return None
-    try:
-        saved = json.loads((latest / MANIFEST_FILE).read_text(encoding="utf-8")).get("search_space", {})
-        saved = {**SEARCH_SPACE_KEY_DEFAULTS, **saved}
-    except (OSError, json.JSONDecodeError):
+    manifest = ckpt.read_manifest(latest)
+    if manifest is None:
         return latest  # unreadable: let the workers' verification report it
+    saved = {**SEARCH_SPACE_KEY_DEFAULTS, **manifest.get("search_space", {})}
     want = search_space_of(cfg)
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v]
     if diffs:
@@ -85,6 +79,16 @@ def read_epochs(directory: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(f.read_text(encoding="utf-8")) for f in files]
 
 
+def cluster_capacity() -> tuple[dict[str, float], list[float]]:
+    """The current cluster's total resources and the CPUs of each alive node (a worker must fit on one node)."""
+    return ray.cluster_resources(), [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+
+
+def times_fitting(need: dict[str, float], have: dict[str, float]) -> int:
+    """How many copies of ``need`` the totals ``have`` hold at once (0: not even one)."""
+    return min((int(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0), default=0)
+
+
 def check_resources(cfg: ExperimentConfig, num_workers: int | None = None,
                     workers_key: str = "scaling.num_workers") -> None:
     """Fail fast when the cluster has fewer CPUs/GPUs than the workers ask for, or no node can hold one worker
@@ -97,13 +101,10 @@ def check_resources(cfg: ExperimentConfig, num_workers: int | None = None,
     """
     sc = cfg.scaling
     n = sc.num_workers if num_workers is None else num_workers
-    have = ray.cluster_resources()
-    need = {"CPU": n * sc.cpus_per_worker}
-    if sc.use_gpu:
-        need["GPU"] = n * sc.gpus_per_worker
-    short = {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
-    biggest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)
-    if short or sc.cpus_per_worker > biggest + 1e-9:
+    have, node_cpus = cluster_capacity()
+    need = {"CPU": n * sc.cpus_per_worker, **({"GPU": n * sc.gpus_per_worker} if sc.use_gpu else {})}
+    biggest = max(node_cpus, default=0.0)
+    if times_fitting(need, have) < 1 or sc.cpus_per_worker > biggest + 1e-9:
         raise ResourceError(
             f"the run needs {need} for {workers_key}={n} workers of scaling.cpus_per_worker="
             f"{sc.cpus_per_worker:g} CPUs each (each worker on one node; the largest node has CPU={biggest:g}), "
@@ -125,11 +126,10 @@ def make_trainer(cfg: ExperimentConfig, storage_path: str, name: str, *, callbac
             ``search.epochs``); fit again under the same name to continue.
     """
     directory = run_dir(storage_path, name)
-    if _is_local(directory):
+    if not is_remote(directory):
         check_resumable(cfg, directory)
         save_config(cfg, os.path.join(directory, "config.yaml"))
-    loop_config = {"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch,
-                   "run_dir": directory if _is_local(directory) else None}
+    loop_config = {"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch, "run_dir": local_or_none(directory)}
     return torch_trainer(train_fn_per_worker, loop_config, cfg, directory, cfg.scaling.num_workers, callbacks)
 
 
@@ -184,8 +184,21 @@ def run_single_search(cfg: ExperimentConfig, storage_path: str | None = None, na
 def check_diverged(directory: str, checkpointed_epoch: int = 0) -> None:
     """Raise DivergedError when the run's last recorded epoch, later than its last checkpoint, says the search
     diverged (local run folders; on remote storage the worker's log carries the reason)."""
-    if not _is_local(directory):
+    if is_remote(directory):
         return
     epochs = read_epochs(directory)
     if epochs and epochs[-1].get("diverged") and epochs[-1]["epoch"] > checkpointed_epoch:
         raise DivergedError(f"the run in {directory} stopped: {epochs[-1].get('stop_reason')}")
+
+
+def make_retrain_trainer(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str,
+                         callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer that retrains ``genotype`` with ``cfg.retrain`` into ``<storage_path>/<name>``."""
+    directory = run_dir(storage_path, name)
+    loop_config = {"config": config_to_dict(cfg), "genotype": genotype.to_dict(), "run_dir": local_or_none(directory)}
+    return torch_trainer(retrain_fn_per_worker, loop_config, cfg, directory, cfg.retrain.num_workers, callbacks)
+
+
+def run_retrain(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str = "retrain"):
+    """Fit the retrain TorchTrainer; returns its `ray.train.Result`."""
+    return make_retrain_trainer(cfg, genotype, storage_path, name).fit()
