@@ -24,12 +24,16 @@ search: venv  ## run the main job (the embedded synthetic task, CPU-friendly)
 smoke: venv
 	$(PY) experiments/search.py --config experiments/configs/smoke.yaml
 
-test: venv  ## the whole suite, slow tests included
-	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+FAST := -m "not slow and not cluster" --durations=15 --timeout=300
+SLOW := -m "slow or cluster" --durations=15 --timeout=1800
 
-test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+test: venv  ## the whole suite: lint, the fast tests (no Ray at all), then the slow and cluster tests
+	$(PY) -m ruff check .
+	ADL_TESTS_NO_RAY=1 $(PY) -m pytest -q $(FAST)
+	$(PY) -m pytest -q $(SLOW)
+
+test-fast: venv  ## the fast tests only; starts no Ray (the run fails if anything does)
+	ADL_TESTS_NO_RAY=1 $(PY) -m pytest -q $(FAST)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -3,6 +3,11 @@
 Ray start-up costs 6-11 s per node and a TorchTrainer ~20 s more (RAY_NOTES.md), so every test that needs Ray
 shares `ray_cluster` (a real three-node cluster) and `ray_session` (this process connected to it). Token auth is
 disabled before Ray is imported, so the tests write nothing to ``~/.ray``.
+
+A test that uses one of the Ray fixtures is marked ``cluster`` automatically. The fast run (``make test-fast``,
+``-m "not slow and not cluster"``) sets ``ADL_TESTS_NO_RAY=1``: Ray's temporary folder then points into a folder
+of this session, for this process and every process it starts, and the run fails at its end if any Ray was
+started there (a test that needs Ray without being marked so).
 """
 
 from __future__ import annotations
@@ -14,6 +19,36 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
+
+NO_RAY = os.environ.get("ADL_TESTS_NO_RAY") == "1"
+RAY_FIXTURES = {"ray_cluster", "ray_session", "smoke_experiment", "straight_search"}
+
+if NO_RAY:
+    import tempfile
+
+    _NO_RAY_DIR = tempfile.mkdtemp(prefix="adl-no-ray-")
+    os.environ["RAY_TMPDIR"] = _NO_RAY_DIR  # inherited by every CLI a test starts
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In the no-Ray run: fail when anything started a Ray (its session folder appears in our RAY_TMPDIR)."""
+    if not NO_RAY:
+        return
+    import shutil
+    from pathlib import Path
+
+    started = sorted(p.name for p in Path(_NO_RAY_DIR).glob("session_*"))
+    shutil.rmtree(_NO_RAY_DIR, ignore_errors=True)
+    if started:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nERROR: the no-Ray test run started Ray ({', '.join(started)}): mark the test that needs Ray "
+              "with @pytest.mark.cluster (or use a Ray fixture)")
 
 from orchestrator.config import ExperimentConfig, config_from_dict  # noqa: E402
 
