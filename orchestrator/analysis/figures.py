@@ -15,6 +15,17 @@ from search_space.genotypes import RATES, Genotype  # noqa: E402
 from search_space.trellis import reachable_levels  # noqa: E402
 
 
+def trellis_axes(ax, layers: int, title: str) -> None:
+    """Layers left to right (the stem first), downsample rates top to bottom."""
+    ax.set_xticks(range(layers + 1), ["stem", *[str(i) for i in range(1, layers + 1)]])
+    ax.set_yticks(range(len(RATES)), [f"1/{r}" for r in RATES])
+    ax.invert_yaxis()
+    ax.set_xlabel("layer")
+    ax.set_ylabel("downsample rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
 def path_figure(genotype: Genotype, title: str = "decoded network path"):
     """The trellis (layers x rates) with reachable nodes as dots and the decoded path drawn over it."""
     layers = genotype.layers
@@ -25,13 +36,7 @@ def path_figure(genotype: Genotype, title: str = "decoded network path"):
     xs = list(range(layers + 1))
     ys = [0, *genotype.path]
     ax.plot(xs, ys, "-o", color="tab:red", linewidth=2.5, markersize=8, zorder=2)
-    ax.set_xticks(xs, ["stem", *[str(i) for i in range(1, layers + 1)]])
-    ax.set_yticks(range(len(RATES)), [f"1/{r}" for r in RATES])
-    ax.invert_yaxis()
-    ax.set_xlabel("layer")
-    ax.set_ylabel("downsample rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    trellis_axes(ax, layers, title)
     return fig
 
 
@@ -82,13 +87,7 @@ def paths_figure(paths: list[tuple[str, Genotype]], title: str = "decoded paths"
         ys = [level + offset for level in (0, *genotype.path)]
         ax.plot(range(genotype.layers + 1), ys, "-o", color=colors(i % 10), linewidth=2, markersize=5,
                 label=label, zorder=2 + i)
-    ax.set_xticks(range(layers + 1), ["stem", *[str(i) for i in range(1, layers + 1)]])
-    ax.set_yticks(range(len(RATES)), [f"1/{r}" for r in RATES])
-    ax.invert_yaxis()
-    ax.set_xlabel("layer")
-    ax.set_ylabel("downsample rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    trellis_axes(ax, layers, title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
     return fig
 
