@@ -109,7 +109,7 @@ def test_two_ddp_workers_stay_identical(tmp_path):
     assert not torch.equal(r0["alpha"], tiny().alpha.detach())  # alpha did move
 
 
-def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings, tmp_path):
+def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings, tmp_path, capsys):
     """The retrain loop run standalone (how an in-process Tune trial runs a short retrain): no ray.train API, one
     worker, each epoch to the report listener and to ``epochs/``, no checkpoint."""
     import json
@@ -121,7 +121,8 @@ def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings,
     from search_space import sample_genotype
 
     cfg = with_overrides(config_from_dict(tiny_settings), ["retrain.epochs=2", "retrain.crop_size=32",
-                                                           "retrain.batch_size=2", "retrain.filter_multiplier=2"])
+                                                           "retrain.batch_size=2", "retrain.filter_multiplier=2",
+                                                           "runtime.progress_seconds=0.000001"])
     genotype = sample_genotype(cfg.search_space.layers, cfg.search_space.blocks, random.Random(0))
     seen: list[dict] = []
     with report_listener(seen.append):
@@ -131,6 +132,8 @@ def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings,
     records = sorted((tmp_path / "run" / "epochs").glob("*.json"))
     assert [json.loads(r.read_text())["epoch"] for r in records] == [1, 2]
     assert not list((tmp_path / "run").glob("checkpoint_*"))
+    out = capsys.readouterr().out  # progress lines inside each epoch, tagged with the run's name
+    assert "[run] epoch 1/2 step 1/8 " in out and "[run] epoch 2/2 step 7/8 " in out and " img/s eta " in out
     with report_listener(seen.append):
         pass
     retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(), "run_dir": None,

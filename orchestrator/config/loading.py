@@ -181,11 +181,15 @@ def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------------------------------------- names
 
 _HASH_EXCLUDED = ("name", "storage_path")  # where a run lives is not what it computes
+_HASH_EXCLUDED_KEYS = {"runtime": ("progress_seconds",)}  # how a run reports progress is not what it computes
 
 
 def config_hash(cfg: ExperimentConfig, length: int = 8) -> str:
-    """A short stable hash of the resolved config (without name and storage_path), for derived names."""
+    """A short stable hash of the resolved config (without name, storage_path and progress settings), for
+    derived names."""
     data = {k: v for k, v in config_to_dict(cfg).items() if k not in _HASH_EXCLUDED}
+    for section, keys in _HASH_EXCLUDED_KEYS.items():
+        data[section] = {k: v for k, v in data[section].items() if k not in keys}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 

@@ -143,6 +143,9 @@ class RuntimeConfig:
     # worker-group restarts from the latest checkpoint before the run fails (-1: forever)
     max_failures: int = setting(3, at_least(-1, "an integer >= 0, or -1 (forever)"))
     log_images: bool = True  # alpha/beta heatmaps and validation overlays in TensorBoard (rank 0, cheap)
+    # seconds between progress lines inside an epoch (step, images/s, eta); 0: only the line at each epoch's end.
+    # A GPU epoch on Cityscapes is thousands of steps. Not part of the config hash.
+    progress_seconds: float = setting(60.0, at_least(0, "seconds >= 0 (0: off)"))
 
 
 def _check_distribution(key: str, spec: Any) -> None:

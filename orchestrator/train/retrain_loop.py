@@ -27,6 +27,7 @@ from orchestrator.train.metrics import iou_from_confusion, nan_to_none, pixel_ac
 from orchestrator.train.steps import StepOptions, weight_step
 from orchestrator.train.worker import (
     Place,
+    Progress,
     all_reduce,
     evaluate,
     newest_checkpoint,
@@ -34,6 +35,7 @@ from orchestrator.train.worker import (
     place,
     record_epoch,
     report,
+    run_tag,
     say,
     setup_process,
     sync_buffers,
@@ -86,8 +88,8 @@ def _resume(net: nn.Module, optimizer: torch.optim.Optimizer, genotype: Genotype
 
 
 def train_epoch(model: nn.Module, net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
-                criterion: nn.Module, opts: StepOptions, where: Place, epoch: int, cfg: ExperimentConfig
-                ) -> tuple[float, float, int]:
+                criterion: nn.Module, opts: StepOptions, where: Place, epoch: int, cfg: ExperimentConfig,
+                tag: str = "retrain") -> tuple[float, float, int]:
     """One epoch of SGD steps under the poly schedule; returns the mean training loss over all workers, the last
     learning rate and this worker's images."""
     r = cfg.retrain
@@ -95,6 +97,8 @@ def train_epoch(model: nn.Module, net: nn.Module, loader: Any, optimizer: torch.
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     loss_sum, images, lr = torch.zeros(1, dtype=torch.float64), 0, r.lr
+    progress = Progress(cfg.runtime.progress_seconds, tag, epoch + 1, r.epochs, len(loader),
+                        r.batch_size * where.world, where.rank)
     for i, (x, y) in enumerate(loader):
         x, y = x.to(where.device, non_blocking=True), y.to(where.device, non_blocking=True)  # standalone: not yet
         lr = poly_lr(epoch * len(loader) + i, total, r.lr, r.poly_power)
@@ -102,6 +106,7 @@ def train_epoch(model: nn.Module, net: nn.Module, loader: Any, optimizer: torch.
             group["lr"] = lr
         loss = weight_step(model, net, (x, y), optimizer, criterion, opts, where.device)
         loss_sum, images = loss_sum + loss.double().cpu(), images + x.shape[0]
+        progress.step(i + 1)
     train_loss = float(all_reduce(loss_sum)[0]) / where.world / max(len(loader), 1)
     return train_loss, lr, images
 
@@ -129,7 +134,8 @@ def retrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     writer = open_writer(where.rank, run_dir)
     for epoch in range(start_epoch, r.epochs):
         t0 = time.perf_counter()
-        train_loss, lr, images = train_epoch(model, net, train_loader, optimizer, criterion, opts, where, epoch, cfg)
+        train_loss, lr, images = train_epoch(model, net, train_loader, optimizer, criterion, opts, where, epoch, cfg,
+                                             run_tag(loop_config.get("run_dir"), "retrain"))
         seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             _stop_diverged(run_dir, epoch + 1, train_loss, lr, seconds, where)

@@ -67,6 +67,7 @@ from orchestrator.train.search_setup import (
 )
 from orchestrator.train.steps import StepOptions, arch_step, weight_step
 from orchestrator.train.worker import (
+    Progress,
     Resume,
     all_reduce,
     any_nonfinite,
@@ -76,6 +77,7 @@ from orchestrator.train.worker import (
     place,
     record_epoch,
     report,
+    run_tag,
     say,
     setup_process,
     sync_buffers,
@@ -292,8 +294,8 @@ def build_worker(cfg: ExperimentConfig, data: SearchData, state: dict[str, Any] 
     return Worker(net, model, weight_opt, arch_opt, criterion, StepOptions.from_config(cfg), device)
 
 
-def run_steps(w: Worker, data: SearchData, s: Any, step: int, total: int, arch_on: bool
-              ) -> tuple[torch.Tensor, int, float]:
+def run_steps(w: Worker, data: SearchData, s: Any, step: int, total: int, arch_on: bool,
+              progress: Progress | None = None) -> tuple[torch.Tensor, int, float]:
     """One epoch of steps: a weight step, then (from the warmup epoch on) an arch step, per batch. Returns the
     summed losses (weight, arch), the global step after them, and the last weight learning rate."""
     sums = torch.zeros(2, dtype=torch.float64, device=w.device)
@@ -306,6 +308,8 @@ def run_steps(w: Worker, data: SearchData, s: Any, step: int, total: int, arch_o
         if arch_on:
             sums[1] += arch_step(w.net, data.train_b.next(), w.arch_opt, w.criterion, w.opts, w.device)
         step += 1
+        if progress is not None:
+            progress.step(i + 1)
         if (i + 1) % DIVERGENCE_CHECK_STEPS == 0 and i + 1 < data.steps_per_epoch and any_nonfinite(sums):
             break  # every rank breaks at the same step: the flag is all-reduced
     return sums, step, lr
@@ -343,7 +347,9 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         arch_on = epoch >= s.warmup_epochs
         start = (w.net.alpha.detach().cpu().clone(), w.net.beta.detach().cpu().clone())
-        sums, step, lr = run_steps(w, data, s, step, total, arch_on)
+        progress = Progress(cfg.runtime.progress_seconds, run_tag(run_dir, "search"), epoch + 1, s.epochs, steps,
+                            cfg.data.batch_size * where.world * (2 if arch_on else 1), where.rank)
+        sums, step, lr = run_steps(w, data, s, step, total, arch_on, progress)
         t1 = time.perf_counter()
         facts = EpochFacts(epoch + 1, step, steps, all_reduce(sums.cpu()) / where.world, arch_on,
                            (lr, w.arch_opt.param_groups[0]["lr"]), (t1 - t0, 0.0))

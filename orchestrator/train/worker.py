@@ -10,6 +10,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +92,50 @@ def place(standalone: bool = False, use_gpu: bool = False) -> Place:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return Place(context.get_world_rank(), context.get_world_size(), device)
+
+
+def duration(seconds: float) -> str:
+    """``3m10s``, ``1h02m``, ``45s``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_tag(run_dir: str | None, default: str) -> str:
+    """The tag of a loop's progress lines: its run's name (``train-<trial>``, ``retrain``), else ``default``."""
+    return os.path.basename(os.path.normpath(run_dir)) if run_dir else default
+
+
+@dataclass
+class Progress:
+    """Progress lines inside a long epoch, at most one per ``every`` seconds (0: none), on rank 0 only:
+    ``epoch 3/40 step 700/1488 4.1 img/s eta 3m10s`` (eta: the rest of the run at this epoch's pace)."""
+
+    every: float
+    tag: str
+    epoch: int  # 1-based
+    epochs: int
+    steps: int
+    images_per_step: int
+    rank: int = 0
+    clock: Callable[[], float] = time.perf_counter
+
+    def __post_init__(self) -> None:
+        self.start = self.last = self.clock()
+
+    def step(self, done: int) -> str | None:
+        """Call after ``done`` steps of this epoch; returns the line it printed, if any."""
+        now = self.clock()
+        if self.rank != 0 or self.every <= 0 or now - self.last < self.every or done >= self.steps:
+            return None
+        self.last = now
+        per_step = (now - self.start) / max(done, 1)
+        left = (self.steps - done) + (self.epochs - self.epoch) * self.steps
+        line = (f"epoch {self.epoch}/{self.epochs} step {done}/{self.steps} "
+                f"{self.images_per_step / per_step:.1f} img/s eta {duration(left * per_step)}")
+        say(line, self.tag)
+        return line
 
 
 # ---------------------------------------------------------------------------------------------- collectives
