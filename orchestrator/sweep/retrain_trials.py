@@ -17,14 +17,21 @@ import math
 import os
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, with_overrides
+from orchestrator.io.numbers import is_finite
 from orchestrator.io.paths import is_local_dir, local_or_none
 from orchestrator.train.retrain_loop import retrain_fn_per_worker
-from orchestrator.train.trainers import ResourceError, make_retrain_trainer, read_epochs, run_dir
+from orchestrator.train.trainers import (
+    ResourceError,
+    cluster_capacity,
+    make_retrain_trainer,
+    read_epochs,
+    run_dir,
+    times_fitting,
+)
 from orchestrator.train.worker import report_listener
 from search_space import Genotype
 
@@ -95,8 +102,8 @@ def concurrency(cfg: ExperimentConfig, trial_cpus: float, in_process: bool = Fal
         need = {"CPU": trial_cpus + cfg.retrain.num_workers * sc.cpus_per_worker}
         if sc.use_gpu:
             need["GPU"] = cfg.retrain.num_workers * sc.gpus_per_worker
-    have = ray.cluster_resources()
-    fits = min(math.floor(have.get(key, 0.0) / value + 1e-9) for key, value in need.items())
+    have, _ = cluster_capacity()
+    fits = times_fitting(need, have)
     if fits < 1:
         raise ResourceError(f"one retrain trial needs {need} (retrain.num_workers x scaling per worker, plus "
                             f"the trial's {trial_cpus}), the cluster has {dict(have)}; lower retrain.num_workers")
@@ -130,6 +137,6 @@ def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, s
     for result in tuner.fit():
         trial, metrics = (result.config or {}).get("trial", {}), dict(result.metrics or {})
         value = metrics.get("val_miou")
-        finite = isinstance(value, int | float) and math.isfinite(value) and result.error is None
+        finite = is_finite(value) and result.error is None
         out[(trial.get("label"), trial.get("seed"))] = {**metrics, "val_miou": float(value) if finite else math.nan}
     return out
