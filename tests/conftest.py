@@ -137,3 +137,16 @@ def straight_search(ray_session, tiny_settings, tmp_path_factory):
     cfg = with_overrides(config_from_dict(tiny_settings), FOUR_EPOCHS)
     assert run_single_search(cfg, str(storage), "straight").metrics["epoch"] == 4
     return storage / "straight"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto) on 127.0.0.1 for the whole session, with bucket ``adl-test``; stopped by
+    pid at the end. It starts in about 2 s and needs no Ray (tests/s3_server.py)."""
+    from s3_server import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,9 +1,11 @@
 """Per-epoch records of every trial, as Parquet: readable by pandas, polars and duckdb with no project code.
 
 Layout: ``<experiment>/records/<trial_id>/epoch-<k>.parquet``, one row per file, and the consolidated
-``<experiment>/records.parquet`` (one row per trial-epoch, sorted), rewritten after every record. Each file is
-written atomically (temp file + rename) and a record is named by (trial, epoch), so a trial that resumes and
-reports epoch k again replaces its row instead of duplicating it, and a crash never leaves a half-written file.
+``<experiment>/records.parquet`` (one row per trial-epoch, sorted), rewritten after every record. The experiment
+may be a local folder or a URI (``s3://bucket/prefix/<experiment>?...``): every file goes through
+`orchestrator.io.storage`, so each is written atomically (local: temp file + rename; remote: one PUT). A record
+is named by (trial, epoch), so a trial that resumes and reports epoch k again replaces its row instead of
+duplicating it, and a crash never leaves a half-written file.
 Read the table with ``pandas.read_parquet("<experiment>/records.parquet")``, polars or duckdb, or `read_records`.
 
 Columns: ``trial_id``, ``epoch``, ``config/<dotted key>`` for each swept hyperparameter, every scalar metric,
@@ -24,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.io.atomic import write_bytes
+from orchestrator.io import storage
 
 RECORDS_DIR = "records"
 RECORDS_FILE = "records.parquet"
@@ -59,29 +61,34 @@ def record_row(trial_id: str, hparams: dict[str, Any], metrics: dict[str, Any]) 
 
 
 def write_record(experiment_dir: str | os.PathLike, trial_id: str, hparams: dict[str, Any],
-                 metrics: dict[str, Any]) -> Path:
+                 metrics: dict[str, Any]) -> Path | str:
     """Write (or replace) the record of ``metrics["epoch"]`` for ``trial_id``; returns records.parquet."""
     row = record_row(trial_id, hparams, metrics)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([row]), buf)
-    path = Path(experiment_dir) / RECORDS_DIR / trial_id / f"epoch-{row['epoch']:05d}.parquet"
-    write_bytes(path, buf.getvalue())
-    return write_table(read_records(experiment_dir), Path(experiment_dir) / RECORDS_FILE)
+    path = storage.join(experiment_dir, RECORDS_DIR, trial_id, f"epoch-{row['epoch']:05d}.parquet")
+    storage.write_bytes(path, buf.getvalue())
+    return write_table(read_records(experiment_dir), storage.join(experiment_dir, RECORDS_FILE))
 
 
-def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write an Arrow table to Parquet atomically."""
+def write_table(table: pa.Table, path: str | os.PathLike) -> Path | str:
+    """Write an Arrow table to Parquet atomically, to a local path or a URI."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    return write_bytes(path, buf.getvalue())
+    return storage.write_bytes(path, buf.getvalue())
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    """One Parquet file, from a local path or a URI."""
+    fs, inner = storage.resolve(path)
+    return pq.read_table(inner, filesystem=fs)
 
 
 def read_records(experiment_dir: str | os.PathLike) -> pa.Table:
     """All records of an experiment as one table sorted by (trial_id, epoch); empty if there are none."""
-    root = Path(experiment_dir) / RECORDS_DIR
-    files = sorted(root.glob("*/epoch-*.parquet"))
+    files = storage.glob(storage.join(experiment_dir, RECORDS_DIR), "*/epoch-*.parquet")
     if not files:
         return pa.table({"trial_id": pa.array([], pa.string()), "epoch": pa.array([], pa.int64())})
-    tables = [pq.read_table(f) for f in files]
+    tables = [read_table(f) for f in files]
     table = pa.concat_tables(tables, promote_options="permissive")
     return table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")])
