@@ -58,6 +58,7 @@ def connect_ray(address: str | None = None) -> None:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
+    from orchestrator.inference import InferenceError
     from orchestrator.io.checkpointing import CheckpointError
     from orchestrator.sweep.chain import SweepFailedError
     from orchestrator.sweep.tune_driver import SweepError
@@ -66,7 +67,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from search_space.genotypes import GenotypeError
 
     return (ConfigError, DataError, CheckpointError, ResourceError, GenotypeError, SweepError, SweepFailedError,
-            DivergedError, ValidationError)
+            DivergedError, ValidationError, InferenceError)
 
 
 def user_error(err: BaseException) -> BaseException | None:

@@ -6,8 +6,6 @@ Returns the rate-2 tensor (H^{-1}, the first cell's H^{l-2}) and the rate-4 tens
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -31,9 +29,12 @@ class Stem(nn.Module):
 
 
 def level_sizes(rate4: tuple[int, int], levels: int = 4) -> list[tuple[int, int]]:
-    """Spatial size at each level given the rate-4 size: every stride-2 step rounds up (3x3, padding 1)."""
+    """Spatial size at each level given the rate-4 size: every stride-2 step rounds up (3x3, padding 1).
+
+    In integer arithmetic, ``(h + 1) // 2 == ceil(h / 2)``: a trace or ``torch.export`` follows it on symbolic
+    sizes, where ``math.ceil`` would be recorded as a constant (orchestrator/inference/export.py)."""
     sizes = [tuple(rate4)]
     for _ in range(levels - 1):
         h, w = sizes[-1]
-        sizes.append((math.ceil(h / 2), math.ceil(w / 2)))
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
     return sizes

@@ -3,7 +3,8 @@
 
 Layers (README, "Code map"): `search_space` (the paper's model, no Ray, no orchestrator), `orchestrator.io`,
 `orchestrator.data`, `orchestrator.train` (the worker side of Ray Train, no Ray Tune), `orchestrator.sweep`
-(the Tune side) and `orchestrator.analysis` (reading results, no Ray).
+(the Tune side), `orchestrator.analysis` (reading results, no Ray) and `orchestrator.inference` (using a
+retrained network, no Ray).
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ RULES = [
     ("orchestrator.data", ("ray", "orchestrator.train", "orchestrator.sweep", "orchestrator.analysis")),
     ("orchestrator.train", ("ray.tune", "orchestrator.sweep", "orchestrator.analysis")),
     ("orchestrator.config", ("ray", "orchestrator.train", "orchestrator.sweep", "orchestrator.analysis")),
+    ("orchestrator.inference", ("ray", "orchestrator.train", "orchestrator.sweep", "orchestrator.analysis")),
 ]
 """(layer, what no module of it may import). The analysis package reads results without Ray; the worker side
-never sees Tune (a loop cannot tell whether a sweep runs it); lower layers do not reach up."""
+never sees Tune (a loop cannot tell whether a sweep runs it); lower layers do not reach up; using a retrained
+network (inference) needs no Ray, so it may not import the layers that do."""
 
 
 def _within(name: str, prefix: str) -> bool:
