@@ -22,6 +22,11 @@ WAITING_CPUS = 1
 each and only wait for their workers, so on a 2-core laptop a trial of 2 one-CPU workers (2.1 CPUs) must fit."""
 
 
+STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"
+"""Ray's dashboard shows Train runs on its Train page only with this set in the processes that start them (a local
+Ray started here inherits it; `cluster.yaml` sets it for ``ray start``)."""
+
+
 def run_arguments(parser: argparse.ArgumentParser, *, config_help: str, name_help: str,
                   overrides_example: str) -> argparse.ArgumentParser:
     """The arguments every entry point that runs a config shares: ``--config``, ``--storage-path``, ``--name``,
@@ -41,11 +46,12 @@ def address_argument(parser: argparse.ArgumentParser) -> None:
 def connect_ray(address: str | None = None) -> None:
     """Join ``address``, else RAY_ADDRESS or a running local cluster (``ray job submit`` sets RAY_ADDRESS),
     else start a local Ray whose dashboard listens on 127.0.0.1 only, with `WAITING_CPUS` more logical CPUs
-    than cores."""
+    than cores. Train state tracking is on (`STATE_TRACKING`), so the dashboard's Train page lists the runs."""
     import ray
 
     if ray.is_initialized():
         return
+    os.environ.setdefault(STATE_TRACKING, "1")  # inherited by a local Ray this starts, and by this driver
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
         return

@@ -31,7 +31,8 @@ def free_port() -> int:
 
 
 def cluster_env() -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}  # the dashboard's Train page, as cluster.yaml sets it
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
     return env

@@ -50,6 +50,11 @@ def start_commands(config):
     return config["head_start_ray_commands"] + config["worker_start_ray_commands"]
 
 
+def test_every_node_tracks_train_state_for_the_dashboard(raw_config):
+    starts = [c for c in start_commands(raw_config) if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_TRAIN_ENABLE_STATE_TRACKING=1 ray start" in c for c in starts)
+
+
 def test_ray_accepts_cluster_yaml(raw_config):
     prepared = ray_validate(raw_config)
     assert prepared["provider"]["type"] == "aws"

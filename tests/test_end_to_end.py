@@ -68,6 +68,23 @@ def test_summary_has_retrain_miou_and_tensorboard_logs_exist(smoke_job):
     assert list((exp / "final" / "retrain" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_the_dashboard_lists_every_trial_run_and_the_retrain(smoke_job, ray_cluster):
+    """Train state tracking is on (the nodes' environment, as cluster.yaml sets it): the dashboard's Train V2 API
+    on 127.0.0.1 lists each trial's Train run (``train-<trial_id>``), ended, and the finished retrain."""
+    import urllib.request
+
+    _, exp = smoke_job
+    with urllib.request.urlopen(f"{ray_cluster.dashboard_url}/api/train/v2/runs/v1", timeout=30) as response:
+        runs = json.loads(response.read())["train_runs"]
+    status: dict[str, set[str]] = {}  # other tests of the session may have run a "retrain" too
+    for run in runs:
+        status.setdefault(run["name"], set()).add(run["status"])
+    trials = {p.name for p in exp.glob("train-*") if p.is_dir()}
+    assert trials and trials <= set(status), (sorted(trials), status)
+    ended = {"FINISHED", "ABORTED"}  # ABORTED: a trial ASHA stopped early
+    assert all(status[t] <= ended for t in trials) and "FINISHED" in status.get("retrain", set()), status
+
+
 def test_impossible_resources_fail_fast_with_a_clear_message(ray_cluster, tmp_path):
     env = {**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}
     cmd = [sys.executable, "experiments/search.py", "--config", str(SMOKE), "--storage-path", str(tmp_path),
