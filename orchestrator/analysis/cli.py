@@ -2,12 +2,15 @@
 
     python -m orchestrator.analyze RESULTS_DIR [--compare OTHER_DIR] [--out DIR] [--top K] [--rank-by final|best]
 
-``RESULTS_DIR`` is ``<storage>/<name>`` of a sweep (finished, running or interrupted). The command prints the
-experiment's state and why, a leaderboard (trial, hyperparameters, best and final supernet score, epochs run,
-status, decoded path) and the final retrain result when ``final/summary.json`` exists, and writes into ``--out``
-(default ``RESULTS_DIR/analysis/``): ``leaderboard.csv``, ``results.parquet`` (one row per trial-epoch) and the
-PNG plots of `orchestrator.analysis.plots`. It also (re)writes ``RESULTS_DIR/tensorboard/hparams/``: one
-TensorBoard hparams session per trial (`write_hparams_view`). Nothing else in the experiment folder is touched.
+``RESULTS_DIR`` is ``<storage>/<name>`` of a sweep (finished, running or interrupted): a local folder or a URI
+(``s3://bucket/prefix/<name>``, with ``?endpoint_override=host:port&scheme=http`` or ``AWS_ENDPOINT_URL`` for a
+server of your own), as are ``--out`` and ``--compare``; every file is read and written through
+`orchestrator.io.storage`. The command prints the experiment's state and why, a leaderboard (trial,
+hyperparameters, best and final supernet score, epochs run, status, decoded path) and the final retrain result
+when ``final/summary.json`` exists, and writes into ``--out`` (default ``RESULTS_DIR/analysis/``):
+``leaderboard.csv``, ``results.parquet`` (one row per trial-epoch) and the PNG plots of
+`orchestrator.analysis.plots`. It also (re)writes ``RESULTS_DIR/tensorboard/hparams/``: one TensorBoard hparams
+session per trial (`write_hparams_view`). Nothing else in the experiment folder is touched.
 
 This module ties the others together: `orchestrator.analysis.read` (the sources read),
 `orchestrator.analysis.state` (finished, running or interrupted, and how that is decided),
@@ -25,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.analysis.experiment import Experiment, NotAnExperimentError
+from orchestrator.analysis.experiment import Experiment, NotAnExperimentError, base_name, folder
 from orchestrator.analysis.leaderboard import fmt, format_table, leaderboard_text, rates_text
 from orchestrator.analysis.outputs import ANALYSIS_DIR, write_compare_csv, write_hparams_view, write_outputs
 from orchestrator.analysis.read import load_experiment
 from orchestrator.analysis.report import cell_text, diagnostics_text, final_text, header_text, validation_text
 from orchestrator.analysis.trials import rank_trials
+from orchestrator.io import storage
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Analysis:
 
     experiment: Experiment
     rows: list[dict[str, Any]]
-    files: list[Path]
+    files: list[Path | str]  # a URI for each file written to one
     text: str
 
 
@@ -48,8 +52,8 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike | None = None, top: 
     """Read one experiment, write its outputs into ``out`` (default ``<path>/analysis``) and return the report.
 
     Args:
-        path: the experiment folder.
-        out: where leaderboard.csv, results.parquet and the plots go.
+        path: the experiment folder, local or a URI.
+        out: where leaderboard.csv, results.parquet and the plots go, local or a URI.
         top: draw alpha, beta and paths for this many best trials (0: all).
         rank_by: ``final`` (last reported score, as the sweep picks its best trial) or ``best`` (peak score).
         now: judge running/interrupted against this time (default: the clock).
@@ -64,9 +68,9 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike | None = None, top: 
                      f"to plot{known}")
     parts += [leaderboard_text(rows, exp.metric, exp.mode, rank_by) if rows else "", diagnostics_text(exp, rows),
               final_text(exp), validation_text(exp)]
-    out = Path(out) if out is not None else exp.path / ANALYSIS_DIR
+    out = folder(out) if out is not None else folder(storage.join(exp.path, ANALYSIS_DIR))
     files = write_outputs(exp, rows, out, top)
-    parts.append(f"wrote to {out}: " + ", ".join(os.path.relpath(f, out) for f in files))
+    parts.append(f"wrote to {out}: " + ", ".join(_relative(f, out) for f in files))
     if hparams_view and exp.table.num_rows:
         try:
             files.append(write_hparams_view(exp, rows))
@@ -74,6 +78,15 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike | None = None, top: 
         except OSError as err:
             parts.append(f"warning: no TensorBoard hparams view ({err})")
     return Analysis(exp, rows, files, "\n\n".join(p for p in parts if p))
+
+
+def _relative(file: str | os.PathLike, base: str | os.PathLike) -> str:
+    """``file`` relative to the folder ``base``: `os.path.relpath` locally, the part of a URI's path after
+    ``base``'s (both built by `orchestrator.io.storage.join`, so both end in the same query)."""
+    if storage.local_path(base) is not None:
+        return os.path.relpath(file, base)
+    inner, outer = storage.resolve(file)[1], storage.resolve(base)[1]
+    return inner[len(outer):].lstrip("/") if inner.startswith(outer + "/") else os.fspath(file)
 
 
 def _best_row(analysis: Analysis) -> dict[str, Any] | None:
@@ -112,7 +125,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=3, help="alpha/beta/path plots for the K best trials (0: all)")
     parser.add_argument("--rank-by", choices=("final", "best"), default="final",
                         help="rank by the last reported score (default, as the sweep picks) or the peak score")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for given in filter(None, (args.results_dir, args.compare, args.out)):
+        try:
+            folder(given)
+        except ValueError as err:  # a URI that lost its '//' (to pathlib, say)
+            parser.error(str(err))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         first = analyze(args.results_dir, args.out, args.top, args.rank_by)
         print(first.text, flush=True)
         if args.compare:
-            other_out = Path(args.out) / f"compare-{Path(args.compare).name}" if args.out else None
+            other_out = storage.join(args.out, f"compare-{base_name(args.compare)}") if args.out else None
             second = analyze(args.compare, other_out, args.top, args.rank_by)
             print("\n" + "=" * 100 + "\n\n" + second.text, flush=True)
             rows = compare_rows(first, second)
             names = (str(first.experiment.path), str(second.experiment.path))
-            out = Path(args.out) if args.out else first.experiment.path / ANALYSIS_DIR
-            written = write_compare_csv(rows, names, out / "compare.csv")
+            out = args.out if args.out else storage.join(first.experiment.path, ANALYSIS_DIR)
+            written = write_compare_csv(rows, names, storage.join(out, "compare.csv"))
             print("\n" + format_table(["", first.experiment.name, second.experiment.name], rows)
                   + f"\n\nwrote: {written}", flush=True)
     except NotAnExperimentError as err:

@@ -1,4 +1,5 @@
-"""The plots of `python -m orchestrator.analyze`, each a PNG written atomically (`orchestrator.io.atomic.save_figure`):
+"""The plots of `python -m orchestrator.analyze`, each a PNG written atomically (`orchestrator.io.atomic.save_figure`)
+into a local folder or a URI:
 
 - ``curves.png``: the sweep's metric (and ``val_loss``) per epoch, one line per trial; an ``x`` marks the last
   epoch of a trial the scheduler stopped early.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import pandas as pd  # noqa: E402
 
 from orchestrator.analysis.figures import paths_figure  # noqa: E402
 from orchestrator.analysis.leaderboard import param_keys  # noqa: E402
+from orchestrator.io import storage  # noqa: E402
 from orchestrator.io.atomic import save_figure  # noqa: E402
 from search_space.cell_edges import blocks_for_edges, edge_inputs  # noqa: E402
 from search_space.genotypes import RATES, Genotype, GenotypeError  # noqa: E402
@@ -205,26 +208,29 @@ def _genotype(row: dict[str, Any]) -> Genotype | None:
         return None
 
 
-def write_plots(exp, rows: list[dict[str, Any]], out: Path, top: int) -> list[Path]:
-    """Every plot of this module for an `orchestrator.analysis.experiment.Experiment` into ``out``; returns the
-    files."""
+def write_plots(exp, rows: list[dict[str, Any]], out: str | os.PathLike, top: int) -> list[Path | str]:
+    """Every plot of this module for an `orchestrator.analysis.experiment.Experiment` into ``out`` (a local
+    folder or a URI); returns the files (a `Path` each, or a URI each)."""
     frame = exp.frame
     recorded = [r for r in rows if r["epochs"] > 0]
     chosen = recorded if top <= 0 else recorded[:top]
-    files = [save_figure(curves_figure(frame, rows, exp.metric), out / "curves.png")] if exp.metric in frame else []
+    files = [save_figure(curves_figure(frame, rows, exp.metric), storage.join(out, "curves.png"))] \
+        if exp.metric in frame else []
     for row in chosen:
         group = _trial_frame(frame, row["trial_id"])
         label = trial_label(row)
         if "alpha" in group and group["alpha"].map(lambda a: isinstance(a, list)).all():
-            files.append(save_figure(alpha_figure(group, f"alpha of {label}"), out / f"alpha-{row['trial_id']}.png"))
+            figure = alpha_figure(group, f"alpha of {label}")
+            files.append(save_figure(figure, storage.join(out, f"alpha-{row['trial_id']}.png")))
         if "beta" in group and group["beta"].map(lambda b: isinstance(b, list)).all():
-            files.append(save_figure(beta_figure(group, f"beta of {label}"), out / f"beta-{row['trial_id']}.png"))
+            figure = beta_figure(group, f"beta of {label}")
+            files.append(save_figure(figure, storage.join(out, f"beta-{row['trial_id']}.png")))
     paths = [(trial_label(r), g) for r in chosen if (g := _genotype(r)) is not None]
     if paths:
         files.append(save_figure(paths_figure(paths, f"decoded paths of the best {len(paths)} trials"),
-                                 out / "paths.png"))
+                                 storage.join(out, "paths.png")))
     keys = param_keys(rows)
     if keys:
         figure = hparams_figure(rows, keys, exp.metric, exp.sweep.get("param_space"))
-        files.append(save_figure(figure, out / "hparams.png"))
+        files.append(save_figure(figure, storage.join(out, "hparams.png")))
     return files

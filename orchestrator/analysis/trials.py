@@ -10,6 +10,7 @@ import pandas as pd
 
 from orchestrator.analysis.experiment import TERMINAL, Experiment, TuneTrial
 from orchestrator.analysis.leaderboard import is_missing, leaderboard_row, rank_rows, stop_reason, trial_status
+from orchestrator.io import storage
 from orchestrator.io.numbers import is_finite
 
 
@@ -20,7 +21,7 @@ def failed(exp: Experiment, trial_id: str) -> bool:
     tune = exp.tune_trials.get(trial_id)
     if tune is not None and tune.status in TERMINAL:
         return tune.status == "ERROR"
-    return exp.state != "running" and (exp.path / f"trial-{trial_id}" / "error.txt").is_file()
+    return exp.state != "running" and storage.is_file(storage.join(exp.path, f"trial-{trial_id}", "error.txt"))
 
 
 def _best(values: pd.Series, mode: str) -> tuple[float | None, int | None]:
@@ -43,7 +44,7 @@ def _config_of(group: pd.DataFrame, tune: TuneTrial | None) -> dict[str, Any]:
 def _error_line(exp: Experiment, trial_id: str) -> str:
     """The last line of Tune's ``error.txt`` of a failed trial, naming the file."""
     try:
-        lines = (exp.path / f"trial-{trial_id}" / "error.txt").read_text(encoding="utf-8").strip().splitlines()
+        lines = storage.read_text(storage.join(exp.path, f"trial-{trial_id}", "error.txt")).strip().splitlines()
     except OSError:
         return "Tune marked the trial ERROR"
     return f"{lines[-1].strip()[:200]} (trial-{trial_id}/error.txt)" if lines else ""

@@ -251,3 +251,18 @@ def glob(base: PathLike, pattern: str) -> list[str]:
         if len(rel) == len(wanted) and all(fnmatch.fnmatchcase(r, w) for r, w in zip(rel, wanted, strict=True)):
             found.append("/".join(rel))
     return [join(base, rel) for rel in sorted(found)]
+
+
+def files_under(path: PathLike) -> list[str]:
+    """Every file below ``path`` (recursively), as paths relative to it with ``/``; [] when there is none."""
+    fs, inner = resolve(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
+    return sorted(info.path[len(inner):].strip("/") for info in infos if info.is_file)
+
+
+def delete(path: PathLike) -> None:
+    """Remove one file (an object); a missing one is no error."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).is_file:
+        fs.delete_file(inner)
+
