@@ -326,9 +326,9 @@ def test_search_diagnostics_are_recorded_and_reported(cli):
 
 def test_selection_lines_show_the_short_retrains_and_the_winner():
     assert selection_lines({"selection": {"short_retrains": None}}) == []
-    table = {"short_epochs": 5, "winner": "candidate-1", "candidates": [
-        {"label": "candidate-0", "path": [0, 0, 0, 1], "epochs": 5, "val_miou": 0.2},
-        {"label": "candidate-1", "path": [1, 2, 2, 1], "epochs": 5, "val_miou": 0.25}]}
+    table = {"short_epochs": 5, "metric": "train_loss", "winner": "candidate-1", "candidates": [
+        {"label": "candidate-0", "path": [0, 0, 0, 1], "epochs": 5, "val_miou": 0.2, "train_loss": 1.25},
+        {"label": "candidate-1", "path": [1, 2, 2, 1], "epochs": 5, "val_miou": 0.25, "train_loss": 1.125}]}
     text = "\n".join(selection_lines({"selection": {"short_retrains": table}}))
-    assert "2 candidates short-retrained (5 epochs" in text
+    assert "2 candidates short-retrained (5 epochs, ranked by train_loss" in text and "1.125" in text
     assert "candidate-1 (winner)  8 16 16 8" in text and "4 4 4 8" in text

@@ -16,13 +16,15 @@ import proxy_fidelity  # noqa: E402
 ROWS = [{"label": f"a{i}", "genotype": {}, "full": full} for i, full in enumerate([0.20, 0.25, 0.30, 0.22])]
 
 
-@pytest.mark.parametrize("short, tau, picked", [
-    ({"a0": 0.1, "a1": 0.2, "a2": 0.3, "a3": 0.15}, 1.0, "a2"),  # the same order: the best is picked
-    ({"a0": 0.3, "a1": 0.2, "a2": 0.1, "a3": 0.25}, -1.0, "a0"),  # reversed: the worst is picked
-    ({"a0": 0.1, "a1": 0.2, "a2": float("nan"), "a3": 0.15}, 1.0, "a1"),  # a failed short retrain is never picked
+@pytest.mark.parametrize("short, mode, tau, picked", [
+    ({"a0": 0.1, "a1": 0.2, "a2": 0.3, "a3": 0.15}, "max", 1.0, "a2"),  # the same order: the best is picked
+    ({"a0": 0.3, "a1": 0.2, "a2": 0.1, "a3": 0.25}, "max", -1.0, "a0"),  # reversed: the worst is picked
+    ({"a0": 0.1, "a1": 0.2, "a2": float("nan"), "a3": 0.15}, "max", 1.0, "a1"),  # a failed one is never picked
+    ({"a0": 1.3, "a1": 1.2, "a2": 1.1, "a3": 1.25}, "min", 1.0, "a2"),  # a loss: lower is better
+    ({"a0": 1.3, "a1": 1.2, "a2": float("nan"), "a3": 1.25}, "min", 1.0, "a1"),
 ])
-def test_fidelity_scores_the_proxy_against_the_full_retrains(short, tau, picked):
-    out = proxy_fidelity.fidelity(ROWS, short)
+def test_fidelity_scores_the_proxy_against_the_full_retrains(short, mode, tau, picked):
+    out = proxy_fidelity.fidelity(ROWS, short, mode)
     assert math.isclose(out["kendall_tau"], tau) and out["picked"] == picked
     others = [r["full"] for r in ROWS if r["label"] != picked]
     assert out["picked_percentile"] == 100 * sum(v < out["picked_full"] for v in others) / len(others)

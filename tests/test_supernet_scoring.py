@@ -116,16 +116,19 @@ def test_select_path_scores_the_candidates_and_keeps_the_best(search_checkpoint)
     assert all(torch.equal(before[k], v) for k, v in trained.net.state_dict().items())
 
 
-@pytest.mark.parametrize(("rows", "winner"), [
-    ([(5, 0.30), (2, 0.40), (5, 0.35)], 2),  # most epochs first, then mIoU
-    ([(5, 0.30), (5, 0.30)], 0),  # a tie goes to the better-ranked candidate
-    ([(5, float("nan")), (5, 0.10)], 1),  # a failed short retrain never wins
-    ([(None, float("nan")), (3, 0.20)], 1),
+@pytest.mark.parametrize(("metric", "rows", "winner"), [
+    ("val_miou", [(5, 0.30), (2, 0.40), (5, 0.35)], 2),  # most epochs first, then mIoU
+    ("val_miou", [(5, 0.30), (5, 0.30)], 0),  # a tie goes to the better-ranked candidate
+    ("val_miou", [(5, float("nan")), (5, 0.10)], 1),  # a failed short retrain never wins
+    ("val_miou", [(None, float("nan")), (3, 0.20)], 1),
+    ("train_loss", [(5, 1.10), (2, 0.90), (5, 1.05)], 2),  # a loss: the lowest wins
+    ("train_loss", [(5, float("nan")), (5, 3.00)], 1),
+    ("val_loss", [(5, 1.20), (5, 1.20), (5, 1.30)], 0),
 ])
-def test_the_short_retrain_winner(rows, winner):
+def test_the_short_retrain_winner(metric, rows, winner):
     from orchestrator.sweep.selection import pick_winner
 
-    assert pick_winner([{"epochs": e, "val_miou": v} for e, v in rows]) == winner
+    assert pick_winner([{"epochs": e, metric: v} for e, v in rows], metric) == winner
 
 
 @pytest.mark.parametrize(("path", "top_k"), [("viterbi", 1), ("viterbi", 3), ("supernet", 1), ("supernet", 3)])
@@ -178,7 +181,7 @@ def test_one_per_depth_puts_the_best_of_each_deepest_level_first(paths, expected
 @pytest.mark.cluster
 def test_the_chain_scores_paths_and_short_retrains_the_top_candidates(ray_session, tiny_settings, tmp_path):
     """The whole chain with the departures switched on: the decoder head, paths scored by the supernet, the top 2
-    candidates short-retrained under ASHA, the winner retrained and recorded in the summary."""
+    candidates short-retrained under ASHA on the training loss, the winner retrained and recorded in the summary."""
     from orchestrator.config import config_from_dict
     from orchestrator.sweep.chain import run_experiment
 
@@ -186,7 +189,7 @@ def test_the_chain_scores_paths_and_short_retrains_the_top_candidates(ray_sessio
                 "search_space": {**tiny_settings["search_space"], "head": "decoder"},
                 "search": {"epochs": 2, "warmup_epochs": 1},
                 "selection": {"path": "supernet", "path_candidates": 4, "recalibration_batches": 1, "top_k": 2,
-                              "short_epochs": 1, "grace_period": 1},
+                              "short_epochs": 1, "grace_period": 1, "metric": "train_loss"},
                 "retrain": {"epochs": 1, "crop_size": 32, "batch_size": 2, "filter_multiplier": 2}}
     summary = run_experiment(config_from_dict(settings), str(tmp_path), "chain")
     final = tmp_path / "chain" / "final"
@@ -196,6 +199,8 @@ def test_the_chain_scores_paths_and_short_retrains_the_top_candidates(ray_sessio
     ranked = sorted(scores["candidates"], key=lambda r: -r["supernet_miou"])
     assert [c["path"] for c in selection["candidates"]] == [r["path"] for r in ranked[:2]]
     winner = next(c for c in selection["candidates"] if c["label"] == selection["winner"])
+    assert selection["metric"] == "train_loss"
+    assert winner["train_loss"] == min(c["train_loss"] for c in selection["candidates"])
     assert summary["genotype"] == winner["genotype"] and summary["selection"]["short_retrains"] == selection
     assert json.loads((final / "genotype.json").read_text()) == winner["genotype"]
     assert summary["retrain"]["val_miou"] is not None

@@ -55,11 +55,12 @@ def selection_lines(summary: dict[str, Any]) -> list[str]:
     rows = table.get("candidates") or []
     if not rows:
         return []
+    shown = ["val_miou", "val_loss", "train_loss"]
     body = [[r["label"] + (" (winner)" if r["label"] == table.get("winner") else ""), rates_text(r["path"]),
-             fmt(r.get("epochs")), fmt(r.get("val_miou"))] for r in rows]
-    return [f"  selection: {len(rows)} candidates short-retrained ({table.get('short_epochs')} epochs; "
-            "candidate-0 is the decoded genotype):",
-            "    " + format_table(["candidate", "path (rates)", "epochs", "val_miou"], body).replace("\n", "\n    ")]
+             fmt(r.get("epochs")), *(fmt(r.get(k)) for k in shown)] for r in rows]
+    return [f"  selection: {len(rows)} candidates short-retrained ({table.get('short_epochs')} epochs, ranked by "
+            f"{table.get('metric', 'val_miou')}; candidate-0 is the decoded genotype):",
+            "    " + format_table(["candidate", "path (rates)", "epochs", *shown], body).replace("\n", "\n    ")]
 
 
 DIAGNOSTIC_WINDOW = 5

@@ -32,6 +32,7 @@ from orchestrator.config.schema import (
     PATH_SELECTIONS,
     SEARCH_SPACE_KEY_DEFAULTS,
     SEARCH_SPACE_KEYS,
+    SELECTION_METRICS,
     TUNE_DISTRIBUTIONS,
     DataConfig,
     ExperimentConfig,
@@ -48,7 +49,8 @@ from orchestrator.config.schema import (
 )
 
 __all__ = [
-    "CANDIDATE_SOURCES", "PATH_SELECTIONS", "SEARCH_SPACE_KEYS", "SEARCH_SPACE_KEY_DEFAULTS", "TUNE_DISTRIBUTIONS",
+    "CANDIDATE_SOURCES", "PATH_SELECTIONS", "SEARCH_SPACE_KEYS", "SEARCH_SPACE_KEY_DEFAULTS", "SELECTION_METRICS",
+    "TUNE_DISTRIBUTIONS",
     "ConfigError", "DataConfig", "ExperimentConfig", "RetrainConfig", "RuntimeConfig", "ScalingConfig",
     "SearchConfig", "SearchSpaceConfig", "SelectionConfig", "TuneConfig", "ValidationConfig",
     "apply_overrides", "config_from_dict", "config_hash", "config_to_dict", "derive_name", "load_config",

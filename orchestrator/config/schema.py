@@ -37,6 +37,8 @@ SEARCH_SPACE_KEY_DEFAULTS = {"head": "aspp"}
 
 PATH_SELECTIONS = ("viterbi", "supernet")
 CANDIDATE_SOURCES = ("decoded", "sampled")
+# what a short retrain is ranked by, and which way is better
+SELECTION_METRICS = {"val_miou": "max", "val_loss": "min", "train_loss": "min"}
 TUNE_DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
 
 # Rules shared by several fields.
@@ -245,6 +247,10 @@ class SelectionConfig:
     # retrain.num_workers workers, no checkpoints): no Train worker group to start per candidate, which on a small
     # machine costs more than a short retrain itself. false: a TorchTrainer of retrain.num_workers workers.
     in_process: bool = True
+    # What ranks the short retrains (and what ASHA compares). "val_miou": the yardstick's own metric, on the small
+    # validation set. "train_loss": the last epoch's mean training loss, a training-speed estimate (Ru et al.,
+    # NeurIPS 2021) averaged over every training image, so far less noisy after a few epochs. "val_loss".
+    metric: str = setting("val_miou", one_of(SELECTION_METRICS))
     grace_period: int = setting(2, at_least(1))  # ASHA: epochs before a short retrain may be stopped
     reduction_factor: int = setting(2, at_least(2))  # ASHA keeps 1/2 of the short retrains at each rung
 

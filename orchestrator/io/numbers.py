@@ -14,3 +14,8 @@ def is_finite(value: Any) -> bool:
 def finite_or_none(value: Any) -> float | None:
     """The value as a float where it is finite, else None (JSON and Parquet have no NaN)."""
     return float(value) if is_finite(value) else None
+
+
+def finite_or_nan(value: Any) -> float:
+    """The value as a float where it is finite, else NaN (for tables that rank, where NaN never wins)."""
+    return float(value) if is_finite(value) else math.nan

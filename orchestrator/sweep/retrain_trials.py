@@ -20,8 +20,14 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, with_overrides
-from orchestrator.io.numbers import is_finite
+from orchestrator.config import (
+    SELECTION_METRICS,
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    with_overrides,
+)
+from orchestrator.io.numbers import finite_or_nan
 from orchestrator.io.paths import is_local_dir, local_or_none
 from orchestrator.train.retrain_loop import retrain_fn_per_worker
 from orchestrator.train.trainers import (
@@ -111,13 +117,15 @@ def concurrency(cfg: ExperimentConfig, trial_cpus: float, in_process: bool = Fal
 
 
 def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, scheduler: Any = None,
-               in_process: bool = False) -> dict[tuple[str, int], dict[str, Any]]:
+               in_process: bool = False, metric: str = "val_miou") -> dict[tuple[str, int], dict[str, Any]]:
     """Fit (or continue) one trial per ``{"label", "genotype" (dict), "seed"}`` in ``path``, with ``cfg``'s retrain
-    section (each in its trial's process with ``in_process``, see `retrain_trial`); returns each (label, seed)'s
-    last reported metrics (``val_miou`` NaN when it failed)."""
+    section (each in its trial's process with ``in_process``, see `retrain_trial`), ``metric`` for Tune and the
+    scheduler; returns each (label, seed)'s last reported metrics (``val_miou`` and ``metric`` NaN when it
+    failed)."""
     path = os.path.abspath(path)
     runs = os.path.join(path, "runs")
-    plan = [trials, config_to_dict(cfg)["retrain"]] + ([{"in_process": True}] if in_process else [])
+    plan = ([trials, config_to_dict(cfg)["retrain"]] + ([{"in_process": True}] if in_process else [])
+            + ([{"metric": metric}] if metric != "val_miou" else []))
     plan_key = hashlib.sha256(json.dumps(plan, sort_keys=True).encode())
     name = f"tune-{plan_key.hexdigest()[:8]}"
     trainable = tune.with_resources(
@@ -128,7 +136,7 @@ def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, s
     else:
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(trials)},
-            tune_config=tune.TuneConfig(metric="val_miou", mode="max", scheduler=scheduler,
+            tune_config=tune.TuneConfig(metric=metric, mode=SELECTION_METRICS[metric], scheduler=scheduler,
                                         max_concurrent_trials=concurrency(cfg, cfg.tune.trial_cpus, in_process),
                                         trial_dirname_creator=lambda t: f"trial-{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=path, verbose=1,
@@ -136,7 +144,7 @@ def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, s
     out = {}
     for result in tuner.fit():
         trial, metrics = (result.config or {}).get("trial", {}), dict(result.metrics or {})
-        value = metrics.get("val_miou")
-        finite = is_finite(value) and result.error is None
-        out[(trial.get("label"), trial.get("seed"))] = {**metrics, "val_miou": float(value) if finite else math.nan}
+        failed = result.error is not None
+        out[(trial.get("label"), trial.get("seed"))] = {
+            **metrics, **{k: math.nan if failed else finite_or_nan(metrics.get(k)) for k in {"val_miou", metric}}}
     return out

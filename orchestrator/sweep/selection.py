@@ -1,9 +1,10 @@
 """Selection that does not trust the supernet alone (SEARCH_VALIDITY.md: weight sharing scrambles rankings):
-the final step's top-k candidates are short-retrained as Tune trials with ASHA on the retrain mIoU, and the
-winner gets the full retrain (``selection.top_k``, ``selection.short_epochs``).
+the final step's top-k candidates are short-retrained as Tune trials with ASHA on ``selection.metric`` (the
+retrain mIoU, or the training loss: a training-speed estimate, Ru et al. 2021), and the winner gets the full
+retrain (``selection.top_k``, ``selection.short_epochs``).
 
 A short retrain is the retrain section with ``retrain.epochs = selection.short_epochs``, at the experiment's
-seed. The winner is the candidate that ran the most epochs (ASHA's survivor) with the highest mIoU there; ties
+seed. The winner is the candidate that ran the most epochs (ASHA's survivor) with the best metric there; ties
 go to the better-ranked candidate. The table goes to ``final/selection.json``. Tune driver side: genotypes and
 configs only.
 """
@@ -16,18 +17,23 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
-from orchestrator.config import ExperimentConfig, with_overrides
+from orchestrator.config import SELECTION_METRICS, ExperimentConfig, with_overrides
 from orchestrator.io.atomic import write_json
+from orchestrator.io.numbers import finite_or_nan
 from orchestrator.sweep.retrain_trials import run_trials
 
 SELECTION_FILE = "selection.json"
+REPORTED = ("val_miou", "val_loss", "train_loss")  # each candidate's row in selection.json
 
 
-def pick_winner(rows: list[dict[str, Any]]) -> int:
-    """Index of the row with the most epochs, then the highest finite mIoU, then the lowest rank."""
+def pick_winner(rows: list[dict[str, Any]], metric: str = "val_miou") -> int:
+    """Index of the row with the most epochs, then the best finite ``metric`` (its direction from
+    SELECTION_METRICS), then the lowest rank."""
+    sign = 1.0 if SELECTION_METRICS[metric] == "max" else -1.0
+
     def key(i: int) -> tuple:
-        value = rows[i]["val_miou"]
-        return (rows[i]["epochs"] or 0, value if math.isfinite(value) else -1.0, -i)
+        value = rows[i].get(metric, math.nan)
+        return (rows[i]["epochs"] or 0, sign * value if math.isfinite(value) else -math.inf, -i)
 
     return max(range(len(rows)), key=key)
 
@@ -40,19 +46,20 @@ def short_retrain_selection(cfg: ExperimentConfig, genotypes: list[dict], path: 
     trials = [{"label": f"candidate-{i}", "genotype": g, "seed": cfg.runtime.seed} for i, g in enumerate(genotypes)]
     scheduler = ASHAScheduler(time_attr="epoch", max_t=s.short_epochs, grace_period=min(s.grace_period,
                               s.short_epochs), reduction_factor=s.reduction_factor)
-    print(f"selection: short retrains ({s.short_epochs} epochs, ASHA) of the top {len(trials)} candidates",
-          flush=True)
-    metrics = run_trials(short, trials, path, scheduler, in_process=s.in_process)
+    print(f"selection: short retrains ({s.short_epochs} epochs, ASHA on {s.metric}) of the top {len(trials)} "
+          "candidates", flush=True)
+    metrics = run_trials(short, trials, path, scheduler, in_process=s.in_process, metric=s.metric)
     rows = []
     for trial in trials:
-        m = metrics.get((trial["label"], trial["seed"]), {"val_miou": math.nan})
+        m = metrics.get((trial["label"], trial["seed"]), {})
         rows.append({"label": trial["label"], "genotype": trial["genotype"], "path": trial["genotype"]["path"],
-                     "val_miou": m["val_miou"], "epochs": m.get("epoch")})
-    winner = pick_winner(rows)
-    table = {"short_epochs": s.short_epochs, "winner": rows[winner]["label"], "candidates": rows}
+                     **{k: finite_or_nan(m.get(k)) for k in REPORTED}, "epochs": m.get("epoch")})
+    winner = pick_winner(rows, s.metric)
+    table = {"short_epochs": s.short_epochs, "metric": s.metric, "winner": rows[winner]["label"], "candidates": rows}
     write_json(os.path.join(os.path.dirname(os.path.abspath(path)), SELECTION_FILE), table)
     for row in rows:
         mark = " <- winner" if row is rows[winner] else ""
-        print(f"selection: {row['label']} path {row['path']} val_miou={row['val_miou']:.4f} after "
-              f"{row['epochs']} epochs{mark}", flush=True)
+        shown = " ".join(f"{k}={row[k]:.4f}" for k in REPORTED)
+        print(f"selection: {row['label']} path {row['path']} {shown} after {row['epochs']} epochs{mark}",
+              flush=True)
     return rows[winner]["genotype"], table
