@@ -74,7 +74,7 @@ def child(args: argparse.Namespace) -> dict:
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     t0 = time.time()
     workers = 0 if args.child == "local" else 1
-    torch_trainer(train_fn_per_worker, loop_config, cfg, directory, workers).fit()
+    torch_trainer(train_fn_per_worker, loop_config, cfg, (args.storage, f"bench-{args.child}"), workers).fit()
     t1 = time.time()
     folder = os.path.join(directory, EPOCHS_DIR)
     stamps = [os.stat(os.path.join(folder, f)).st_mtime for f in sorted(os.listdir(folder))]

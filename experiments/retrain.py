@@ -19,38 +19,48 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 
 from orchestrator.cli import connect_ray, run_arguments, user_errors
 from orchestrator.config import config_hash, load_config, with_overrides
+from orchestrator.io import storage as store
 from search_space import AUTODEEPLAB, VARIANTS, Genotype
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--genotype", help="genotype JSON (e.g. <experiment>/final/genotype.json)")
+    which.add_argument("--genotype", help="genotype JSON, a path or a URI (e.g. <experiment>/final/genotype.json)")
     which.add_argument("--arch", choices=[f"autodeeplab-{v}" for v in VARIANTS], help="a published architecture")
     run_arguments(parser, config_help="YAML experiment config (data and retrain sections)",
                   name_help="run name; default: retrain-<genotype>-<config hash>", overrides_example="retrain.epochs=2")
     return parser.parse_args(argv)
 
 
+def read_genotype(path: str) -> Genotype:
+    """A genotype JSON file, local or at a storage URI; errors name it."""
+    from search_space.genotypes import GenotypeError
+
+    try:
+        text = store.read_text(path)
+    except (OSError, ValueError) as err:
+        raise GenotypeError(f"cannot read genotype file {path}: {getattr(err, 'strerror', None) or err}") from None
+    return Genotype.from_json(text, source=str(path))
+
+
 def check_resumable(directory: str, genotype: Genotype) -> None:
     """Refuse a run folder whose latest checkpoint retrains another genotype (reusing --name would resume it)."""
     from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError, latest_checkpoint_dir, read_manifest
-    from orchestrator.io.paths import is_remote
 
-    latest = None if is_remote(directory) else latest_checkpoint_dir(directory)
+    latest = latest_checkpoint_dir(directory)
     manifest = read_manifest(latest) if latest is not None else None
     if manifest is None:
         return  # none, or unreadable: the workers' verification reports it
     saved = manifest.get("genotype")
     if saved != genotype.to_dict():
         raise CheckpointError(
-            f"run folder {directory} holds a checkpoint ({latest.name}) that is not a retrain of this genotype "
-            f"(its {MANIFEST_FILE} has genotype {json.dumps(saved)}); this run would resume it. Use another "
+            f"run folder {directory} holds a checkpoint ({store.basename(latest)}) that is not a retrain of this "
+            f"genotype (its {MANIFEST_FILE} has genotype {json.dumps(saved)}); this run would resume it. Use another "
             "--name, or the genotype the run was started with."
         )
 
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             genotype, label = AUTODEEPLAB, args.arch
             cfg = with_overrides(cfg, {"retrain.filter_multiplier": VARIANTS[args.arch[-1]]}, f"--arch {args.arch}")
         else:
-            genotype = Genotype.load(args.genotype)
+            genotype = read_genotype(args.genotype)
             label = hashlib.sha256(genotype.to_json(indent=None).encode()).hexdigest()[:8]
         name = args.name or f"retrain-{label}-{config_hash(cfg)}"
         storage = args.storage_path or cfg.storage_path
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     directory = run_dir(storage, name)
     print(f"\nrun folder:  {directory}")
     print(f"checkpoint:  {result.checkpoint.path if result.checkpoint else None}")
-    print(f"tensorboard: tensorboard --logdir {os.path.join(directory, 'tensorboard')}")
+    print(f"tensorboard: tensorboard --logdir {store.join(directory, 'tensorboard')}")
     print(f"val_miou={metrics.get('val_miou')} after {metrics.get('epoch')} epochs")
     return 0
 

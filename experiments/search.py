@@ -13,11 +13,12 @@ config file's stem and the config hash (or ``--name``), never the clock, so ``--
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from orchestrator.cli import connect_ray, run_arguments, user_errors
 from orchestrator.config import derive_name, load_config
+from orchestrator.io.paths import absolute
+from orchestrator.io.storage import join
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,7 +43,7 @@ def single_search(cfg, storage: str, name: str, stop_at_epoch: int | None) -> No
     epochs = read_epochs(directory)
     print(f"\nrun folder:  {directory}")
     print(f"checkpoint:  {result.checkpoint.path if result.checkpoint else None}")
-    print(f"tensorboard: tensorboard --logdir {os.path.join(directory, 'tensorboard')}")
+    print(f"tensorboard: tensorboard --logdir {join(directory, 'tensorboard')}")
     if epochs:
         last = epochs[-1]
         print(f"epoch {last['epoch']}/{cfg.search.epochs}: val_miou={last['val_miou']:.4f} "
@@ -53,13 +54,13 @@ def sweep(cfg, storage: str, name: str, resume: bool, retrain: bool) -> None:
     from orchestrator.sweep.chain import run_experiment
 
     summary = run_experiment(cfg, storage, name, resume=resume, retrain=retrain)
-    exp = summary.get("search", {}).get("experiment_dir", os.path.join(storage, name))
+    exp = summary.get("search", {}).get("experiment_dir", join(absolute(storage), name))
     print(f"\nexperiment:  {exp}")
     if retrain:
         r = summary["retrain"]
         print(f"genotype:    {summary['files']['genotype']}")
         print(f"retrain:     val_miou={r['val_miou']} after {r['epochs']} epochs ({r['seconds']} s)")
-        print(f"summary:     {os.path.join(exp, 'final', 'summary.json')}")
+        print(f"summary:     {join(exp, 'final', 'summary.json')}")
         if "validation_result" in summary:
             from orchestrator.sweep.validation import format_result
 

@@ -14,7 +14,6 @@ command again reuses finished retrains and continues unfinished ones. Writes ``v
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from orchestrator.cli import address_argument, connect_ray, user_errors
@@ -39,6 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with user_errors():
+        from orchestrator.io import storage
         from orchestrator.sweep.validation import ValidationError, format_result, validate_experiments
 
         for name, value, low in (("--random", args.random, 1), ("--seeds", args.seeds, 1),
@@ -48,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None and len(args.experiment) > 1:
             raise ValidationError("several --experiment folders need --out (where the common result goes)")
         for directory in args.experiment:
-            if not os.path.isdir(directory):
+            if not storage.is_dir(directory):
                 raise ValidationError(f"--experiment {directory}: no such folder")
-        out = args.out or os.path.join(args.experiment[0], "final")
+        out = args.out or storage.join(args.experiment[0], "final")
         connect_ray(args.address)
         result = validate_experiments(args.experiment, out, args.random, args.seeds, args.random_seeds,
                                       args.sample_seed, ranking=not args.no_ranking, runs=args.runs)
     print("\n" + format_result(result))
-    print(f"\nvalidation: {os.path.join(out, 'validation.json')}, {os.path.join(out, 'validation.png')}")
+    print(f"\nvalidation: {storage.join(out, 'validation.json')}, {storage.join(out, 'validation.png')}")
     return 0
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import os
+import uuid
+from types import SimpleNamespace
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -51,6 +53,7 @@ def pytest_sessionfinish(session, exitstatus):
               "with @pytest.mark.cluster (or use a Ray fixture)")
 
 from orchestrator.config import ExperimentConfig, config_from_dict  # noqa: E402
+from orchestrator.io import storage  # noqa: E402
 
 TINY = {
     "search_space": {"layers": 3, "blocks": 2, "filter_multiplier": 2, "stem_channels": [8, 8, 16]},
@@ -150,3 +153,21 @@ def s3_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["query", "env"])
+def s3_prefix(request, s3_server, monkeypatch, tmp_path):
+    """A fresh prefix on the session's S3 server, as ``uri``: the endpoint in the URI's query ("query", with no
+    ``AWS_ENDPOINT_URL``) or a plain ``s3://`` URI with ``AWS_ENDPOINT_URL`` set ("env"). The test runs in the
+    empty ``tmp_path``, which must still be empty afterwards: nothing local is made from a URI."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    if request.param == "query":
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+    storage.forget_filesystems()
+    monkeypatch.chdir(tmp_path)
+    prefix = f"runs/{uuid.uuid4().hex[:12]}"
+    uri = s3_server.uri(prefix) if request.param == "query" else s3_server.plain_uri(prefix)
+    yield SimpleNamespace(uri=uri, prefix=prefix, server=s3_server, form=request.param)
+    storage.forget_filesystems()
+    assert list(tmp_path.iterdir()) == [], "a URI made something local"

@@ -10,9 +10,7 @@ empty working directory that must stay empty.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow.fs as pafs
 import pytest
@@ -127,22 +125,9 @@ def test_atomic_names_are_the_storage_functions():
 # ---------------------------------------------------------------------------------------------------- S3
 
 
-@pytest.fixture(params=["query", "env"])
-def s3(request, s3_server, monkeypatch, tmp_path: Path):
-    """A fresh prefix on the session's S3 server, as ``uri``: the endpoint in the URI's query ("query", with no
-    ``AWS_ENDPOINT_URL``) or a plain ``s3://`` URI with ``AWS_ENDPOINT_URL`` set ("env"). The test runs in the
-    empty ``tmp_path``, which must still be empty afterwards: nothing local is made from a URI."""
-    for key, value in s3_server.env.items():
-        monkeypatch.setenv(key, value)
-    if request.param == "query":
-        monkeypatch.delenv("AWS_ENDPOINT_URL")
-    storage.forget_filesystems()
-    monkeypatch.chdir(tmp_path)
-    prefix = f"runs/{uuid.uuid4().hex[:12]}"
-    uri = s3_server.uri(prefix) if request.param == "query" else s3_server.plain_uri(prefix)
-    yield SimpleNamespace(uri=uri, prefix=prefix, server=s3_server, form=request.param)
-    storage.forget_filesystems()
-    assert list(tmp_path.iterdir()) == [], "a URI made something local"
+@pytest.fixture
+def s3(s3_prefix):
+    return s3_prefix
 
 
 def test_s3_round_trips_and_listings(s3):

@@ -21,6 +21,7 @@ import yaml
 from orchestrator.config.rules import ConfigError
 from orchestrator.config.schema import SEARCH_SPACE_KEYS, ExperimentConfig, unknown_key, validate
 from orchestrator.io.atomic import write_text
+from orchestrator.io.storage import read_text
 
 # ---------------------------------------------------------------------------------------------- parsing
 
@@ -152,16 +153,15 @@ def with_overrides(cfg: ExperimentConfig, overrides: list[str] | dict[str, Any],
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config, apply ``key=value`` overrides, validate.
+    """Read a YAML config (a local file or a storage URI), apply ``key=value`` overrides, validate.
 
     Errors name the file (and ``override`` for a bad override).
     """
     path = str(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = yaml.safe_load(read_text(path))
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if data is not None and not isinstance(data, dict):

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from orchestrator.config import SEARCH_SPACE_KEY_DEFAULTS, SEARCH_SPACE_KEYS
+from orchestrator.io import storage
 from orchestrator.io.atomic import write_json
+from orchestrator.io.paths import is_remote
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -94,17 +96,21 @@ def read_checkpoint_dir(directory: str | os.PathLike, map_location: str | torch.
     return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
 
 
-def latest_checkpoint_dir(directory: str | os.PathLike) -> Path | None:
-    """The newest ``checkpoint_epoch<k>`` folder with a manifest in a local run folder, or None."""
-    found = sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*/{MANIFEST_FILE}"))
-    return found[-1].parent if found else None
+def latest_checkpoint_dir(directory: str | os.PathLike) -> Path | str | None:
+    """The newest ``checkpoint_epoch<k>`` folder with a manifest in a run folder, or None: a `Path` in a local
+    folder, a URI in a storage URI (one listing of the run folder)."""
+    found = storage.glob(directory, f"{CHECKPOINT_PREFIX}*/{MANIFEST_FILE}")
+    if not found:
+        return None
+    latest = storage.parent(found[-1])
+    return latest if is_remote(latest) else Path(latest)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """A local checkpoint folder's manifest (epoch, search space, ...), or None when it is missing or unreadable
-    (the full verification, `read_checkpoint_dir`, then says why)."""
+    """A checkpoint folder's manifest (epoch, search space, ...), local or at a URI, or None when it is missing
+    or unreadable (the full verification, `read_checkpoint_dir`, then says why)."""
     try:
-        manifest = json.loads(Path(directory, MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = storage.read_json(storage.join(directory, MANIFEST_FILE))
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None

@@ -95,6 +95,24 @@ def join(base: PathLike, *names: str) -> str:
     return urlunsplit((url.scheme, url.netloc, path, url.query, ""))
 
 
+def basename(path: PathLike) -> str:
+    """The last component of a local path or of a URI's path (never its query)."""
+    text = os.fspath(path)
+    if not is_remote(text):
+        return os.path.basename(os.path.normpath(text))
+    return unquote(urlsplit(text).path.rstrip("/").rpartition("/")[2])
+
+
+def parent(path: PathLike) -> str:
+    """The folder that holds ``path``: a local path's dirname, or the URI with its last path component dropped
+    (its query kept)."""
+    text = os.fspath(path)
+    if not is_remote(text):
+        return os.path.dirname(os.path.abspath(_checked_local(text)))
+    url = urlsplit(text)
+    return urlunsplit((url.scheme, url.netloc, url.path.rstrip("/").rpartition("/")[0], url.query, ""))
+
+
 def _object_store(url) -> pafs.FileSystem:
     """The cached filesystem of a bucket (scheme, bucket and query: the query carries the client's options)."""
     key = (url.scheme, url.netloc, url.query)

@@ -18,7 +18,9 @@ from orchestrator.analysis.leaderboard import (
     trial_status,
 )
 from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
+from orchestrator.io import storage
 from orchestrator.io.checkpointing import latest_checkpoint_dir
+from orchestrator.io.paths import absolute, is_remote
 from orchestrator.sweep.final import FinalActor
 from orchestrator.sweep.tune_driver import best_result, experiment_dir, run_sweep, trial_id_of
 
@@ -56,13 +58,15 @@ def print_leaderboard(rows: list[dict[str, Any]], metric: str, mode: str = "max"
 
 
 def _checkpoint_of(result, exp_dir: str) -> str:
+    """The best trial's last checkpoint: the path Tune's report carries on local storage; on a URI the newest
+    checkpoint folder of the trial's Train run (Ray reports a path inside the bucket, without scheme or query)."""
     path = (result.metrics or {}).get("checkpoint_path")
-    if path:
+    if path and not is_remote(exp_dir):
         return path
-    trial_id = result.metrics.get("trial_id")
-    latest = latest_checkpoint_dir(f"{exp_dir}/train-{trial_id}")
+    run = storage.join(exp_dir, f"train-{trial_id_of(result)}")
+    latest = latest_checkpoint_dir(run)
     if latest is None:
-        raise SweepFailedError(f"the best trial {trial_id} left no checkpoint in {exp_dir}/train-{trial_id}")
+        raise SweepFailedError(f"the best trial {trial_id_of(result)} left no checkpoint in {run}")
     return str(latest)
 
 
@@ -82,7 +86,7 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
             f"no trial of the sweep {experiment_dir(storage_path, name)} reported a finite {cfg.tune.metric}, so "
             f"there is no architecture to retrain. Trials: {'; '.join(errors) or 'none'}. Failed trials keep an "
             "error.txt in their trial-<id> folder; diverged ones need a smaller search.lr or search.arch_lr.")
-    exp_dir = str(grid.experiment_path)
+    exp_dir = experiment_dir(absolute(storage_path), name)
     facts = {
         "trial_id": best.metrics.get("trial_id"),
         "config": dict(best.config),
@@ -103,7 +107,7 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
             from orchestrator.sweep.selection import short_retrain_selection
 
             genotype, selection = short_retrain_selection(best_cfg, ranked[:cfg.selection.top_k],
-                                                          f"{exp_dir}/final/selection")
+                                                          storage.join(exp_dir, "final", "selection"))
         summary = ray.get(actor.run.remote(config_to_dict(best_cfg), exp_dir, facts, genotype, selection))
     finally:
         ray.kill(actor)
@@ -112,7 +116,7 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
         from orchestrator.sweep.validation import validate_experiments
 
         print(f"\nvalidation: the searched genotype against {v.random} random ones", flush=True)
-        result = validate_experiments([exp_dir], f"{exp_dir}/final", v.random, v.seeds, v.random_seeds,
+        result = validate_experiments([exp_dir], storage.join(exp_dir, "final"), v.random, v.seeds, v.random_seeds,
                                       v.sample_seed)
         summary["validation_result"] = result
     return summary

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from orchestrator.analysis.figures import cell_figure, path_figure
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
+from orchestrator.io import storage
 from orchestrator.io.atomic import save_figure, write_json, write_text
 from orchestrator.io.numbers import finite_or_none
 from orchestrator.train.supernet_score import load_supernet, read_search_state, select_path
@@ -60,7 +60,7 @@ def _ranked_paths(cfg: ExperimentConfig, checkpoint_path: str, final_dir: str) -
     trained = load_supernet(checkpoint_path, cfg)
     threads = max(1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))
     genotype, rows = select_path(trained, threads)
-    write_json(Path(final_dir) / "path_scores.json", {"viterbi": trained.genotype().to_dict(),
+    write_json(storage.join(final_dir, "path_scores.json"), {"viterbi": trained.genotype().to_dict(),
                                                       "selected": genotype.to_dict(), "candidates": rows})
     print(f"path selection: {len(rows)} candidate paths scored by the supernet; viterbi "
           f"{list(trained.genotype().path)}, best scored {list(genotype.path)}", flush=True)
@@ -81,12 +81,13 @@ def one_per_depth(paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
 
 def write_architecture(genotype: Genotype, final_dir: str | os.PathLike, label: str = "") -> dict[str, str]:
     """genotype.json, path.png and cell.png in ``final_dir``; returns their paths."""
-    final_dir = Path(final_dir)
     suffix = f" ({label})" if label else ""
     files = {
-        "genotype": str(write_text(final_dir / "genotype.json", genotype.to_json() + "\n")),
-        "path_png": str(save_figure(path_figure(genotype, "decoded network path" + suffix), final_dir / "path.png")),
-        "cell_png": str(save_figure(cell_figure(genotype, "decoded cell" + suffix), final_dir / "cell.png")),
+        "genotype": str(write_text(storage.join(final_dir, "genotype.json"), genotype.to_json() + "\n")),
+        "path_png": str(save_figure(path_figure(genotype, "decoded network path" + suffix),
+                                    storage.join(final_dir, "path.png"))),
+        "cell_png": str(save_figure(cell_figure(genotype, "decoded cell" + suffix),
+                                    storage.join(final_dir, "cell.png"))),
     }
     return files
 
@@ -99,7 +100,7 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
     start = time.time()
     result = run_retrain(cfg, genotype, storage_path=final_dir, name="retrain")
     metrics = result.metrics or {}
-    records = read_epochs(os.path.join(final_dir, "retrain"))
+    records = read_epochs(storage.join(final_dir, "retrain"))
     if records and records[-1].get("diverged") and records[-1]["epoch"] > (metrics.get("epoch") or 0):
         metrics = {**metrics, "diverged": True, "stop_reason": records[-1].get("stop_reason")}
     summary = {
@@ -114,13 +115,13 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
             "epochs": metrics.get("epoch"),
             "seconds": round(time.time() - start, 1),
             "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "run_dir": os.path.join(final_dir, "retrain"),
-            "tensorboard": os.path.join(final_dir, "retrain", "tensorboard"),
+            "run_dir": storage.join(final_dir, "retrain"),
+            "tensorboard": storage.join(final_dir, "retrain", "tensorboard"),
             "error": repr(result.error) if result.error else None,
         },
         "config": config_to_dict(cfg),
     }
-    write_json(Path(final_dir) / "summary.json", summary)
+    write_json(storage.join(final_dir, "summary.json"), summary)
     return summary
 
 
@@ -132,7 +133,7 @@ class FinalActor:
     def candidates(self, cfg_dict: dict[str, Any], experiment_dir: str, best: dict[str, Any]) -> list[dict]:
         """The best trial's candidate genotypes, best first (`candidate_genotypes`), as dicts."""
         cfg = config_from_dict(cfg_dict, f"best trial {best.get('trial_id')}")
-        final_dir = os.path.join(experiment_dir, FINAL_DIR)
+        final_dir = storage.join(experiment_dir, FINAL_DIR)
         return [g.to_dict() for g in candidate_genotypes(cfg, best["checkpoint_path"], final_dir)]
 
     def run(self, cfg_dict: dict[str, Any], experiment_dir: str, best: dict[str, Any], genotype_dict: dict,
@@ -146,7 +147,7 @@ class FinalActor:
             selection: the short retrains' table, when there were any.
         """
         cfg = config_from_dict(cfg_dict, f"best trial {best.get('trial_id')}")
-        final_dir = os.path.join(experiment_dir, FINAL_DIR)
+        final_dir = storage.join(experiment_dir, FINAL_DIR)
         genotype = Genotype.from_dict(genotype_dict, "final genotype")
         files = write_architecture(genotype, final_dir, f"trial {best.get('trial_id')}")
         extra = {

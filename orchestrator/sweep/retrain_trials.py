@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from typing import Any
 
 from ray import tune
@@ -27,8 +26,9 @@ from orchestrator.config import (
     config_to_dict,
     with_overrides,
 )
+from orchestrator.io import storage
 from orchestrator.io.numbers import finite_or_nan
-from orchestrator.io.paths import is_local_dir, local_or_none
+from orchestrator.io.paths import absolute
 from orchestrator.train.retrain_loop import retrain_fn_per_worker
 from orchestrator.train.trainers import (
     ResourceError,
@@ -55,9 +55,8 @@ def run_name(genotype: Genotype, seed: int, cfg: ExperimentConfig) -> str:
 
 
 def finished_retrain(directory: str, epochs: int) -> dict[str, Any] | None:
-    """The last epoch's metrics of a local retrain run that ran all ``epochs`` (or diverged), else None."""
-    if not is_local_dir(directory):
-        return None
+    """The last epoch's metrics of a retrain run (local or at a URI) that ran all ``epochs`` (or diverged), else
+    None."""
     done = read_epochs(directory)
     if done and (done[-1].get("diverged") or done[-1]["epoch"] >= epochs):
         return done[-1]
@@ -78,7 +77,7 @@ def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_pr
                              f"in-process retrain trial {config['label']}")
     genotype = Genotype.from_dict(config["genotype"], f"retrain trial {config['label']}")
     name = run_name(genotype, config["seed"], cfg)
-    ended = finished_retrain(os.path.join(runs, name), cfg.retrain.epochs)
+    ended = finished_retrain(run_dir(runs, name), cfg.retrain.epochs)
     if ended is not None:
         tune.report(ended)
         return
@@ -86,7 +85,7 @@ def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_pr
         directory = run_dir(runs, name)
         with report_listener(tune.report):
             retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
-                                   "run_dir": local_or_none(directory), "standalone": True})
+                                   "run_dir": directory, "standalone": True})
         return
     make_retrain_trainer(cfg, genotype, runs, name, callbacks=[TuneReportCallback()]).fit()
 
@@ -122,8 +121,8 @@ def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, s
     section (each in its trial's process with ``in_process``, see `retrain_trial`), ``metric`` for Tune and the
     scheduler; returns each (label, seed)'s last reported metrics (``val_miou`` and ``metric`` NaN when it
     failed)."""
-    path = os.path.abspath(path)
-    runs = os.path.join(path, "runs")
+    path = absolute(path)
+    runs = storage.join(path, "runs")
     plan = ([trials, config_to_dict(cfg)["retrain"]] + ([{"in_process": True}] if in_process else [])
             + ([{"metric": metric}] if metric != "val_miou" else []))
     plan_key = hashlib.sha256(json.dumps(plan, sort_keys=True).encode())
@@ -131,8 +130,8 @@ def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, s
     trainable = tune.with_resources(
         tune.with_parameters(retrain_trial, base=config_to_dict(cfg), runs=runs, in_process=in_process),
         trial_resources(cfg, in_process))
-    if tune.Tuner.can_restore(os.path.join(path, name)):
-        tuner = tune.Tuner.restore(os.path.join(path, name), trainable=trainable, resume_errored=True)
+    if tune.Tuner.can_restore(storage.join(path, name)):
+        tuner = tune.Tuner.restore(storage.join(path, name), trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(trials)},

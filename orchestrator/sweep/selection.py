@@ -12,14 +12,15 @@ configs only.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.config import SELECTION_METRICS, ExperimentConfig, with_overrides
+from orchestrator.io import storage
 from orchestrator.io.atomic import write_json
 from orchestrator.io.numbers import finite_or_nan
+from orchestrator.io.paths import absolute
 from orchestrator.sweep.retrain_trials import run_trials
 
 SELECTION_FILE = "selection.json"
@@ -56,7 +57,7 @@ def short_retrain_selection(cfg: ExperimentConfig, genotypes: list[dict], path: 
                      **{k: finite_or_nan(m.get(k)) for k in REPORTED}, "epochs": m.get("epoch")})
     winner = pick_winner(rows, s.metric)
     table = {"short_epochs": s.short_epochs, "metric": s.metric, "winner": rows[winner]["label"], "candidates": rows}
-    write_json(os.path.join(os.path.dirname(os.path.abspath(path)), SELECTION_FILE), table)
+    write_json(storage.join(storage.parent(absolute(path)), SELECTION_FILE), table)
     for row in rows:
         mark = " <- winner" if row is rows[winner] else ""
         shown = " ".join(f"{k}={row[k]:.4f}" for k in REPORTED)

@@ -18,11 +18,9 @@ A trial whose search diverged ends normally with ``diverged: True`` and a ``stop
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -39,10 +37,11 @@ from orchestrator.config import (
     save_config,
     with_overrides,
 )
+from orchestrator.io import storage
 from orchestrator.io.atomic import write_json
 from orchestrator.io.checkpointing import latest_checkpoint_dir, read_manifest
 from orchestrator.io.numbers import is_finite
-from orchestrator.io.paths import absolute, is_local_dir, is_remote
+from orchestrator.io.paths import absolute
 from orchestrator.io.records import RECORDS_DIR, write_record
 from orchestrator.train.trainers import ResourceError, cluster_capacity, make_trainer, read_epochs, times_fitting
 
@@ -114,7 +113,7 @@ def search_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str
     trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(config_from_dict(base, "sweep base config"), dict(config), f"trial {trial_id}")
     name = f"train-{trial_id}"
-    ended = ended_run(os.path.join(storage_path, name), cfg.search.epochs)
+    ended = ended_run(storage.join(storage_path, name), cfg.search.epochs)
     if ended is not None:
         # Tune saves its state every ~10 s: a driver killed in between restarts a trial that had ended.
         print(f"[{trial_id}] its search had ended at epoch {ended[EPOCH_ATTR]}; reporting that epoch again instead "
@@ -126,10 +125,9 @@ def search_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str
 
 
 def ended_run(directory: str, epochs: int) -> dict[str, Any] | None:
-    """The last report of a local Train run that already ended (all ``epochs`` done and checkpointed, or
-    diverged), with its checkpoint's path as Tune's callback adds it; None when the run must (still) be fit."""
-    if not is_local_dir(directory):
-        return None
+    """The last report of a Train run (local or at a URI) that already ended (all ``epochs`` done and
+    checkpointed, or diverged), with its checkpoint's path as Tune's callback adds it; None when the run must
+    (still) be fit."""
     done = read_epochs(directory)
     if not done:
         return None
@@ -171,7 +169,7 @@ def _fmt(value: Any) -> str:
 
 
 def experiment_dir(storage_path: str, name: str) -> str:
-    return os.path.join(storage_path, name)
+    return storage.join(storage_path, name)
 
 
 def make_tuner(cfg: ExperimentConfig, storage_path: str, name: str, concurrency: int) -> tune.Tuner:
@@ -209,17 +207,15 @@ SWEEP_CONFIG = "config.yaml"
 
 def check_sweep_state(cfg: ExperimentConfig, path: str, resume: bool) -> bool:
     """Whether a sweep exists at ``path`` to be resumed; refuses a rerun without ``resume`` and a resume with
-    another config (SweepError). Local storage only: on remote storage Tune's state decides."""
-    if is_remote(path):
-        return resume
-    state = Path(path, SWEEP_FILE)
-    if not state.is_file():
+    another config (SweepError). The same on a storage URI."""
+    state = storage.join(path, SWEEP_FILE)
+    if not storage.is_file(state):
         if resume:
             print(f"--resume: no sweep at {path} yet; starting a new one", flush=True)
         return False
     if not resume:
         raise SweepError(
-            f"a sweep already exists in {path} ({state.name} says "
+            f"a sweep already exists in {path} ({SWEEP_FILE} says "
             f"'{_read_json(state).get('status', 'unknown')}'); pass --resume to continue it with the same config, "
             "or --name (or name=...) to start another sweep beside it"
         )
@@ -227,21 +223,21 @@ def check_sweep_state(cfg: ExperimentConfig, path: str, resume: bool) -> bool:
     if saved != config_hash(cfg):
         raise SweepError(
             f"{state}: the sweep was started with config hash {saved}, this config has {config_hash(cfg)}"
-            f"{_differences(cfg, Path(path, SWEEP_CONFIG))}. A resumed sweep must run the config it started with: "
-            "pass the same config file and overrides, or use --name for a new sweep"
+            f"{_differences(cfg, storage.join(path, SWEEP_CONFIG))}. A resumed sweep must run the config it started "
+            "with: pass the same config file and overrides, or use --name for a new sweep"
         )
     return True
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return storage.read_json(path)
     except (OSError, ValueError) as err:
         raise SweepError(f"{path}: cannot read the sweep's state ({err}); move the folder away or use --name") \
             from None
 
 
-def _differences(cfg: ExperimentConfig, saved_path: Path) -> str:
+def _differences(cfg: ExperimentConfig, saved_path: str) -> str:
     """``; differing keys: a.b (was x, now y), ...`` against the saved config, or '' when it is unreadable."""
     try:
         saved = config_to_dict(load_config(saved_path))
@@ -256,10 +252,8 @@ def _differences(cfg: ExperimentConfig, saved_path: Path) -> str:
 
 
 def write_sweep_file(cfg: ExperimentConfig, path: str, concurrency: int, status: str) -> None:
-    if is_remote(path):
-        return  # Tune's own state files describe a sweep on remote storage
-    save_config(cfg, os.path.join(path, SWEEP_CONFIG))
-    write_json(os.path.join(path, SWEEP_FILE), {
+    save_config(cfg, storage.join(path, SWEEP_CONFIG))
+    write_json(storage.join(path, SWEEP_FILE), {
         "status": status, "updated": time.time(), "config_hash": config_hash(cfg),
         "metric": cfg.tune.metric, "mode": cfg.tune.mode, "epochs": cfg.search.epochs,
         "scheduler": {"kind": cfg.tune.scheduler, "time_attr": EPOCH_ATTR, "grace_period": cfg.tune.grace_period,
@@ -277,8 +271,7 @@ def run_sweep(cfg: ExperimentConfig, storage_path: str, name: str, resume: bool 
     resume = check_sweep_state(cfg, path, resume)
     write_sweep_file(cfg, path, concurrency, "running")
     grid = _fit(cfg, storage_path, name, path, concurrency, resume)
-    if not is_remote(path):
-        backfill_records(path, grid)
+    backfill_records(path, grid)
     write_sweep_file(cfg, path, concurrency, "finished")
     return grid
 
@@ -316,9 +309,10 @@ def backfill_records(path: str, grid: tune.ResultGrid) -> list[tuple[str, int]]:
         trial_id = trial_id_of(result)
         if trial_id is None:
             continue
-        have = {int(p.stem.split("-")[1]) for p in Path(path, RECORDS_DIR, trial_id).glob("epoch-*.parquet")}
+        have = {int(storage.basename(p).removesuffix(".parquet").split("-")[1])
+                for p in storage.glob(storage.join(path, RECORDS_DIR, trial_id), "epoch-*.parquet")}
         reached = max([(result.metrics or {}).get(EPOCH_ATTR, 0), *have])
-        for metrics in read_epochs(Path(path, f"train-{trial_id}")):
+        for metrics in read_epochs(storage.join(path, f"train-{trial_id}")):
             if metrics["epoch"] <= reached and metrics["epoch"] not in have:
                 write_record(path, trial_id, dict(result.config or {}), metrics)
                 added.append((trial_id, metrics["epoch"]))

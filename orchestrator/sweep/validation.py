@@ -16,19 +16,17 @@ architectures at all?). This module is the Tune driver's side: it knows genotype
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
+from orchestrator.io import storage
 from orchestrator.io.atomic import save_figure, write_json
-from orchestrator.io.paths import is_remote
+from orchestrator.io.paths import absolute
 from orchestrator.sweep.retrain_trials import run_trials
 from search_space import Genotype
 from search_space.sampling import sample_genotypes
@@ -62,17 +60,17 @@ class Candidate:
 
 
 def read_searched(experiment_dir: str) -> Searched:
-    """The genotype the experiment's final step retrained (``final/summary.json``)."""
-    path = Path(experiment_dir, "final", "summary.json")
+    """The genotype the experiment's final step retrained (``final/summary.json``; a local folder or a URI)."""
+    path = storage.join(experiment_dir, "final", "summary.json")
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = storage.read_json(path)
     except OSError:
         raise ValidationError(f"{path}: not found; validation needs a finished search: run experiments/search.py "
                               "to the end (its final step writes this file)") from None
     except ValueError as err:
         raise ValidationError(f"{path}: not valid JSON ({err})") from None
     genotype = Genotype.from_dict(summary.get("genotype"), f"{path} 'genotype'")
-    return Searched(Path(experiment_dir).name, genotype, summary["config"],
+    return Searched(storage.basename(experiment_dir), genotype, summary["config"],
                     (summary.get("search") or {}).get("checkpoint"))
 
 
@@ -176,7 +174,7 @@ def supernet_ranking(searched: list[Searched], summary: dict[str, Any], cfg: Exp
     threads = max(1, int(cfg.retrain.num_workers * cfg.scaling.cpus_per_worker))
     out = []
     for s in searched:
-        if not s.checkpoint or not (is_remote(s.checkpoint) or os.path.isdir(s.checkpoint)):
+        if not s.checkpoint or not storage.is_dir(s.checkpoint):
             continue
         task = _score_remote.options(num_cpus=threads)
         scores = ray.get(task.remote(s.checkpoint, s.config, [r["genotype"] for r in rows], threads))
@@ -197,14 +195,14 @@ def validate_experiments(experiment_dirs: list[str], out: str, k: int, seeds: in
     candidates = plan(searched, k, seeds, random_seeds, sample_seed)
     cfg = config_from_dict(searched[0].config, f"{experiment_dirs[0]}/final/summary.json 'config'")
     trials = [{"label": c.label, "genotype": c.genotype.to_dict(), "seed": s} for c in candidates for s in c.seeds]
-    metrics = run_trials(cfg, trials, runs or os.path.join(out, RUNS_DIR))
+    metrics = run_trials(cfg, trials, runs or storage.join(out, RUNS_DIR))
     scores = {key: m["val_miou"] for key, m in metrics.items()}
-    result = {"experiments": [os.path.abspath(d) for d in experiment_dirs], "random_k": k, "seeds": seeds,
+    result = {"experiments": [absolute(d) for d in experiment_dirs], "random_k": k, "seeds": seeds,
               "random_seeds": random_seeds, "sample_seed": sample_seed,
               "retrain": config_to_dict(cfg)["retrain"], **summarize(candidates, scores)}
     result["supernet_ranking"] = supernet_ranking(searched, result, cfg) if ranking else []
-    write_json(Path(out, VALIDATION_FILE), result)
-    save_figure(validation_figure(result), Path(out, VALIDATION_PNG))
+    write_json(storage.join(out, VALIDATION_FILE), result)
+    save_figure(validation_figure(result), storage.join(out, VALIDATION_PNG))
     for directory in experiment_dirs:
         _note_in_summary(directory, out, result)
     return result
@@ -221,9 +219,9 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _note_in_summary(experiment_dir: str, out: str, result: dict[str, Any]) -> None:
-    path = Path(experiment_dir, "final", "summary.json")
-    summary = json.loads(path.read_text(encoding="utf-8"))
-    summary["validation"] = {"file": str(Path(out, VALIDATION_FILE).resolve()), **headline(result)}
+    path = storage.join(experiment_dir, "final", "summary.json")
+    summary = storage.read_json(path)
+    summary["validation"] = {"file": storage.join(absolute(out), VALIDATION_FILE), **headline(result)}
     write_json(path, summary)
 
 

@@ -33,7 +33,6 @@ from the checkpoint and continues the same search.
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, search_space_of
 from orchestrator.data import InfiniteLoader
 from orchestrator.io import checkpointing as ckpt
+from orchestrator.io import storage
 from orchestrator.train.metrics import (
     alpha_entropy,
     beta_entropy,
@@ -321,7 +321,7 @@ def open_board(rank: int, run_dir: str | None, data: SearchData) -> Any:
         return None
     from orchestrator.train.tb_logging import SearchBoard  # matplotlib and tensorboardX on rank 0 only
 
-    return SearchBoard(os.path.join(run_dir, "tensorboard"), data.classes)
+    return SearchBoard(storage.join(run_dir, "tensorboard"), data.classes)
 
 
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
@@ -410,4 +410,4 @@ def log_epoch(board: Any, metrics: dict[str, Any], net: SuperNet, evaluation: di
     board.architecture(epoch, net.alpha, net.beta, net.genotype(), images=cfg.runtime.log_images)
     if evaluation["preview"] is not None:
         board.predictions(epoch, *evaluation["preview"], data.num_classes, data.ignore_index)
-    board.writer.flush()
+    board.flush()

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from skimage.color import label2rgb  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 
+from orchestrator.io.mirror import LocalMirror  # noqa: E402
 from search_space.genotypes import RATES, Genotype  # noqa: E402
 from search_space.operations import PRIMITIVES  # noqa: E402
 from search_space.trellis import DIRECTIONS, transition_probs  # noqa: E402
@@ -93,17 +94,44 @@ def overlay(image: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_i
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
+class MirroredWriter(SummaryWriter):
+    """A TensorBoard writer for a ``tensorboard/`` folder that may be a URI. Local: a plain `SummaryWriter`. URI:
+    it writes into a local folder (`orchestrator.io.mirror.LocalMirror`), and each `flush` closes the events file
+    (tensorboardX writes from a thread, and only `close` waits for it) and copies it there whole; the next
+    event opens a new file, numbered so that the files sort in the order they were written."""
+
+    def __init__(self, target: str | os.PathLike, **kwargs):
+        self.mirror = LocalMirror(str(target))
+        self._part = 0
+        if self.mirror.remote:
+            kwargs["filename_suffix"] = f"{kwargs.get('filename_suffix', '')}.{self._part:04d}"
+        super().__init__(logdir=self.mirror.path, **kwargs)
+
+    def flush(self) -> None:
+        if not self.mirror.remote:
+            super().flush()
+            return
+        super().close()
+        self.mirror.sync()
+        base = self._filename_suffix.rpartition(".")[0]
+        self._part += 1
+        self._filename_suffix = f"{base}.{self._part:04d}"
+
+    def close(self) -> None:
+        super().close()
+        self.mirror.close()
+
+
 class SearchBoard:
     """The search's TensorBoard writer; create it on rank 0 only.
 
     Args:
-        logdir: the run's ``tensorboard/`` folder.
+        logdir: the run's ``tensorboard/`` folder (a local path or a URI).
         class_names: names for the per-class IoU scalars.
     """
 
     def __init__(self, logdir: str | os.PathLike, class_names: list[str]):
-        os.makedirs(logdir, exist_ok=True)
-        self.writer = SummaryWriter(logdir=str(logdir), flush_secs=30)
+        self.writer = MirroredWriter(logdir, flush_secs=30)
         self.class_names = list(class_names)
 
     def scalars(self, epoch: int, metrics: dict) -> None:
@@ -143,6 +171,9 @@ class SearchBoard:
             pred = overlay(images[i], preds[i], num_classes, ignore_index)
             self.writer.add_image(f"val/prediction_{i}", np.concatenate([truth, pred], axis=1), epoch,
                                   dataformats="HWC")
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.flush()

@@ -11,7 +11,6 @@ names are derived from the config (`orchestrator.config.derive_name`), never fro
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,9 @@ from orchestrator.config import (
     search_space_of,
 )
 from orchestrator.io import checkpointing as ckpt
+from orchestrator.io import storage
 from orchestrator.io.checkpointing import CheckpointError, latest_checkpoint_dir
-from orchestrator.io.paths import absolute, is_remote, local_or_none
+from orchestrator.io.paths import absolute, is_remote
 from orchestrator.train.retrain_loop import retrain_fn_per_worker
 from orchestrator.train.search_loop import train_fn_per_worker
 from orchestrator.train.worker import EPOCHS_DIR
@@ -45,8 +45,12 @@ class DivergedError(RuntimeError):
 
 
 def run_dir(storage_path: str, name: str) -> str:
-    """The run's folder (absolute when local, as Ray Train wants)."""
-    return os.path.join(absolute(os.path.expanduser(storage_path)), name)
+    """The run's folder (absolute when local, as Ray Train wants; on a URI the name goes before its query)."""
+    return storage.join(_base(storage_path), name)
+
+
+def _base(storage_path: str) -> str:
+    return absolute(os.path.expanduser(storage_path))
 
 
 def check_resumable(cfg: ExperimentConfig, directory: str | os.PathLike) -> Path | None:
@@ -74,9 +78,8 @@ def check_resumable(cfg: ExperimentConfig, directory: str | os.PathLike) -> Path
 
 
 def read_epochs(directory: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch metrics rank 0 wrote into a run folder, in epoch order."""
-    files = sorted(Path(directory, EPOCHS_DIR).glob("epoch-*.json"))
-    return [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    """The per-epoch metrics rank 0 wrote into a run folder (a local path or a URI), in epoch order."""
+    return [storage.read_json(f) for f in storage.glob(storage.join(directory, EPOCHS_DIR), "epoch-*.json")]
 
 
 def cluster_capacity() -> tuple[dict[str, float], list[float]]:
@@ -128,9 +131,10 @@ def make_trainer(cfg: ExperimentConfig, storage_path: str, name: str, *, callbac
     directory = run_dir(storage_path, name)
     if not is_remote(directory):
         check_resumable(cfg, directory)
-        save_config(cfg, os.path.join(directory, "config.yaml"))
-    loop_config = {"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch, "run_dir": local_or_none(directory)}
-    return torch_trainer(train_fn_per_worker, loop_config, cfg, directory, cfg.scaling.num_workers, callbacks)
+    save_config(cfg, storage.join(directory, "config.yaml"))
+    loop_config = {"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch, "run_dir": directory}
+    return torch_trainer(train_fn_per_worker, loop_config, cfg, (storage_path, name), cfg.scaling.num_workers,
+                         callbacks)
 
 
 WORKER_START_TIMEOUT_S = "600"
@@ -138,10 +142,11 @@ WORKER_START_TIMEOUT_S = "600"
 machine or a cluster that is still scaling up). The resource checks have already refused impossible requests."""
 
 
-def torch_trainer(loop_fn: Any, loop_config: dict[str, Any], cfg: ExperimentConfig, directory: str,
+def torch_trainer(loop_fn: Any, loop_config: dict[str, Any], cfg: ExperimentConfig, where: tuple[str, str],
                   num_workers: int, callbacks: list[Any] | None = None) -> TorchTrainer:
-    """A `TorchTrainer` running ``loop_fn`` in the run folder ``directory`` with the config's scaling (backend,
-    resources per worker), checkpoint and failure policy; shared by the search and the retrain."""
+    """A `TorchTrainer` running ``loop_fn`` in the run folder ``where = (storage_path, name)`` (Ray joins the
+    name onto a URI's path itself) with the config's scaling (backend, resources per worker), checkpoint and
+    failure policy; shared by the search and the retrain."""
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
@@ -153,8 +158,8 @@ def torch_trainer(loop_fn: Any, loop_config: dict[str, Any], cfg: ExperimentConf
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=sc.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=os.path.basename(directory),
-            storage_path=os.path.dirname(directory),
+            name=where[1],
+            storage_path=_base(where[0]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.runtime.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.runtime.max_failures),
             callbacks=callbacks,
@@ -183,9 +188,7 @@ def run_single_search(cfg: ExperimentConfig, storage_path: str | None = None, na
 
 def check_diverged(directory: str, checkpointed_epoch: int = 0) -> None:
     """Raise DivergedError when the run's last recorded epoch, later than its last checkpoint, says the search
-    diverged (local run folders; on remote storage the worker's log carries the reason)."""
-    if is_remote(directory):
-        return
+    diverged."""
     epochs = read_epochs(directory)
     if epochs and epochs[-1].get("diverged") and epochs[-1]["epoch"] > checkpointed_epoch:
         raise DivergedError(f"the run in {directory} stopped: {epochs[-1].get('stop_reason')}")
@@ -194,9 +197,10 @@ def check_diverged(directory: str, checkpointed_epoch: int = 0) -> None:
 def make_retrain_trainer(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str,
                          callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer that retrains ``genotype`` with ``cfg.retrain`` into ``<storage_path>/<name>``."""
-    directory = run_dir(storage_path, name)
-    loop_config = {"config": config_to_dict(cfg), "genotype": genotype.to_dict(), "run_dir": local_or_none(directory)}
-    return torch_trainer(retrain_fn_per_worker, loop_config, cfg, directory, cfg.retrain.num_workers, callbacks)
+    loop_config = {"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
+                   "run_dir": run_dir(storage_path, name)}
+    return torch_trainer(retrain_fn_per_worker, loop_config, cfg, (storage_path, name), cfg.retrain.num_workers,
+                         callbacks)
 
 
 def run_retrain(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str = "retrain"):

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from orchestrator.io import checkpointing as ckpt
+from orchestrator.io import storage
 from orchestrator.io.atomic import write_json
 from orchestrator.train.metrics import confusion_matrix
 from orchestrator.train.steps import StepOptions, autocast, distributed, inputs
@@ -104,7 +105,7 @@ def duration(seconds: float) -> str:
 
 def run_tag(run_dir: str | None, default: str) -> str:
     """The tag of a loop's progress lines: its run's name (``train-<trial>``, ``retrain``), else ``default``."""
-    return os.path.basename(os.path.normpath(run_dir)) if run_dir else default
+    return storage.basename(run_dir) if run_dir else default
 
 
 @dataclass
@@ -248,7 +249,7 @@ def record_epoch(run_dir: str | None, metrics: dict[str, Any]) -> None:
     """Rank 0's own record of an epoch, ``<run_dir>/epochs/epoch-<k>.json`` (Ray keeps the metrics of
     checkpointed reports only, so a diverged epoch is known from here). Call on rank 0 only."""
     if run_dir:
-        write_json(os.path.join(run_dir, EPOCHS_DIR, f"epoch-{metrics['epoch']:04d}.json"), metrics)
+        write_json(storage.join(run_dir, EPOCHS_DIR, f"epoch-{metrics['epoch']:04d}.json"), metrics)
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -288,9 +289,10 @@ def newest_checkpoint(rank: int, tag: str) -> Resume:
 
 
 def open_writer(rank: int, run_dir: str | None) -> Any:
-    """Rank 0's TensorBoard writer in ``<run_dir>/tensorboard``; None elsewhere or without a local run folder."""
+    """Rank 0's TensorBoard writer in ``<run_dir>/tensorboard`` (a local folder or a URI); None elsewhere or
+    without a run folder."""
     if rank != 0 or not run_dir:
         return None
-    from tensorboardX import SummaryWriter
+    from orchestrator.train.tb_logging import MirroredWriter
 
-    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+    return MirroredWriter(storage.join(run_dir, "tensorboard"))
