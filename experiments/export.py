@@ -31,7 +31,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="retrain run folder or experiment folder")
+    parser.add_argument("--run", required=True, help="retrain run folder or experiment folder (a path or a URI)")
     parser.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="export format")
     parser.add_argument("--out", required=True, help="file to write (e.g. model.onnx, model.pt)")
     parser.add_argument("--check-sizes", nargs="+", type=_size, default=[(61, 45), (100, 77)], metavar="HxW",

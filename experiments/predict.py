@@ -21,7 +21,7 @@ from orchestrator.cli import user_errors
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="retrain run folder or experiment folder")
+    parser.add_argument("--run", required=True, help="retrain run folder or experiment folder (a path or a URI)")
     parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
     parser.add_argument("--out", required=True, help="output folder (created when missing)")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the mask colours in overlays (0.5)")

@@ -23,7 +23,7 @@ from PIL import Image
 from orchestrator.config import config_from_dict, config_to_dict
 from orchestrator.data.formats import CITYSCAPES_CLASSES, VOC_CLASSES
 from orchestrator.data.synthetic import CLASSES as SYNTHETIC_CLASSES
-from orchestrator.inference import dataset_classes, find_run_dir, load_run
+from orchestrator.inference import InferenceError, dataset_classes, find_run_dir, load_run
 from orchestrator.inference.export import FORMATS
 from orchestrator.inference.predict import STRIDE, Padded, normalize, output_stems, palette, predict_mask
 from orchestrator.inference.run import build_network, class_names
@@ -91,6 +91,23 @@ def test_a_run_is_found_from_the_experiment_or_the_run_folder(experiment: Path, 
     run = load_run(experiment / where)
     assert run.epoch == 2 and run.checkpoint.name == "checkpoint_epoch0002"
     assert run.classes == SYNTHETIC_CLASSES and run.genotype == GENOTYPE and not run.net.training
+
+
+def test_a_run_on_s3_loads_the_same_network(experiment: Path, s3_prefix):
+    from orchestrator.io import storage
+
+    for f in (experiment / "final" / "retrain").rglob("*"):
+        if f.is_file():
+            rel = f.relative_to(experiment).as_posix()
+            storage.write_bytes(storage.join(s3_prefix.uri, "exp", rel), f.read_bytes())
+    remote = storage.join(s3_prefix.uri, "exp")
+    assert find_run_dir(remote) == storage.join(remote, "final", "retrain")
+    run, local = load_run(remote), load_run(experiment)
+    assert run.checkpoint == storage.join(remote, "final", "retrain", "checkpoint_epoch0002") and run.epoch == 2
+    theirs = local.net.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in run.net.state_dict().items())
+    with pytest.raises(InferenceError, match="does not exist"):
+        find_run_dir(storage.join(s3_prefix.uri, "nothing"))
 
 
 def test_the_network_is_built_as_the_retrain_loop_builds_it(experiment: Path):

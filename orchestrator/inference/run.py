@@ -3,13 +3,15 @@ against its manifest, read with ``weights_only=True``), the `DiscreteNet` it tra
 names, which come from the saved config and need no dataset files.
 
 `load_run` accepts a retrain run folder (``checkpoint_epoch<k>/`` inside, e.g. ``<experiment>/final/retrain``)
-or an experiment folder (its ``final/retrain``). Anything else raises `InferenceError` naming the path and what
+or an experiment folder (its ``final/retrain``), local or at a storage URI (``s3://...``: the checkpoint is
+copied to a temporary folder and verified there). Anything else raises `InferenceError` naming the path and what
 was expected; a corrupt or foreign checkpoint raises `CheckpointError`.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ from orchestrator.config import ExperimentConfig, config_from_dict
 from orchestrator.data import DataError
 from orchestrator.data.formats import FORMATS
 from orchestrator.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+from orchestrator.io import storage
 from orchestrator.io.checkpointing import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint_dir, read_checkpoint_dir
+from orchestrator.io.paths import is_remote
 from search_space import DiscreteNet, Genotype
 
 RUN_FOLDERS = (".", "retrain", "final/retrain")
@@ -45,25 +49,28 @@ class LoadedRun:
     genotype: Genotype
     config: ExperimentConfig
     classes: tuple[str, ...]
-    checkpoint: Path
+    checkpoint: Path | str  # a URI when the run is on remote storage
     epoch: int
 
 
-def find_run_dir(path: str | os.PathLike) -> Path:
-    """The retrain run folder ``path`` names: ``path`` itself, ``path/retrain`` or ``path/final/retrain``,
-    whichever first holds a ``checkpoint_epoch<k>/`` with a manifest."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InferenceError(f"--run {path} does not exist: expected a retrain run folder (e.g. "
+def find_run_dir(path: str | os.PathLike) -> Path | str:
+    """The retrain run folder ``path`` (a local folder or a storage URI) names: ``path`` itself,
+    ``path/retrain`` or ``path/final/retrain``, whichever first holds a ``checkpoint_epoch<k>/`` with a
+    manifest."""
+    text = os.fspath(path)
+    base = text if is_remote(text) else str(Path(text).expanduser())
+    if not storage.exists(base):
+        raise InferenceError(f"--run {base} does not exist: expected a retrain run folder (e.g. "
                              "<experiment>/final/retrain) or an experiment folder")
-    if not path.is_dir():
-        raise InferenceError(f"--run {path} is a file: expected a retrain run folder (e.g. "
+    if not storage.is_dir(base):
+        raise InferenceError(f"--run {base} is a file: expected a retrain run folder (e.g. "
                              "<experiment>/final/retrain) or an experiment folder")
-    for sub in RUN_FOLDERS:
-        if latest_checkpoint_dir(path / sub) is not None:
-            return (path / sub).resolve()
-    looked = ", ".join(str(path / sub / f"{CHECKPOINT_PREFIX}<k>") for sub in RUN_FOLDERS)
-    raise InferenceError(f"--run {path} is not a retrain run: no checkpoint found at {looked}. Expected a retrain "
+    candidates = [base if sub == "." else storage.join(base, sub) for sub in RUN_FOLDERS]
+    for candidate in candidates:
+        if latest_checkpoint_dir(candidate) is not None:
+            return candidate if is_remote(candidate) else Path(candidate).resolve()
+    looked = ", ".join(storage.join(c, f"{CHECKPOINT_PREFIX}<k>") for c in candidates)
+    raise InferenceError(f"--run {base} is not a retrain run: no checkpoint found at {looked}. Expected a retrain "
                          "run folder (e.g. <experiment>/final/retrain) or an experiment folder whose final step "
                          "retrained its architecture")
 
@@ -107,8 +114,17 @@ def build_network(cfg: ExperimentConfig, genotype: Genotype, num_classes: int) -
                        ops=cfg.search_space.ops, stem_channels=tuple(cfg.search_space.stem_channels))
 
 
-def _read_state(checkpoint: Path) -> dict[str, Any]:
-    state = read_checkpoint_dir(checkpoint)
+def _read_state(checkpoint: Path | str) -> dict[str, Any]:
+    """The verified state of a checkpoint folder; one at a URI is copied to a temporary folder first."""
+    if is_remote(str(checkpoint)):
+        with tempfile.TemporaryDirectory(prefix="adl-run-") as local:
+            for rel in storage.files_under(checkpoint):
+                target = Path(local, rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(storage.read_bytes(storage.join(checkpoint, rel)))
+            state = read_checkpoint_dir(local)
+    else:
+        state = read_checkpoint_dir(checkpoint)
     missing = [k for k in ("model", "genotype", "config") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {checkpoint} has no {', '.join(missing)}: expected a retrain "
