@@ -161,7 +161,7 @@ def test_a_diverging_retrain_stops_with_its_reason_and_keeps_no_checkpoint_of_it
                                                          "filter_multiplier": 2, "lr": 1e30}})
     directory = tmp_path / "retrain"
     loop_config = {"config": config_to_dict(cfg), "genotype": AUTODEEPLAB.to_dict(), "run_dir": str(directory)}
-    result = torch_trainer(retrain_fn_per_worker, loop_config, cfg, str(directory), 0).fit()
+    result = torch_trainer(retrain_fn_per_worker, loop_config, cfg, (str(tmp_path), "retrain"), 0).fit()
     assert result.checkpoint is None  # the diverged epoch wrote none
     record = json.loads((directory / "epochs" / "epoch-0001.json").read_text())
     assert record["diverged"] and record["stop_reason"].startswith("retrain diverged in epoch 1: train_loss=")
@@ -450,9 +450,10 @@ def sweep_progress(exp: Path) -> dict[str, list[dict]]:
     return out
 
 
-def kill_point(exp: Path) -> dict | None:
-    """Progress once a healthy trial has finished and another has recorded an epoch but not its last."""
-    progress = sweep_progress(exp)
+def kill_point(exp, read=sweep_progress) -> dict | None:
+    """Progress (``read(exp)``) once a healthy trial has finished and another has recorded an epoch but not its
+    last."""
+    progress = read(exp)
     finished = [t for t, rows in progress.items() if rows and rows[-1]["epoch"] == 3]
     running = [t for t, rows in progress.items() if rows and rows[-1]["epoch"] < 3 and not rows[-1].get("diverged")]
     return progress if finished and running else None

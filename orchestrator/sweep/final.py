@@ -114,7 +114,8 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
             "classes": metrics.get("classes"),
             "epochs": metrics.get("epoch"),
             "seconds": round(time.time() - start, 1),
-            "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "checkpoint": (storage.join(final_dir, "retrain", storage.basename(result.checkpoint.path))
+                           if result.checkpoint else None),  # Ray's path has no scheme on a URI
             "run_dir": storage.join(final_dir, "retrain"),
             "tensorboard": storage.join(final_dir, "retrain", "tensorboard"),
             "error": repr(result.error) if result.error else None,
