@@ -119,9 +119,7 @@ def _read_state(checkpoint: Path | str) -> dict[str, Any]:
     if is_remote(str(checkpoint)):
         with tempfile.TemporaryDirectory(prefix="adl-run-") as local:
             for rel in storage.files_under(checkpoint):
-                target = Path(local, rel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(storage.read_bytes(storage.join(checkpoint, rel)))
+                storage.write_bytes(os.path.join(local, rel), storage.read_bytes(storage.join(checkpoint, rel)))
             state = read_checkpoint_dir(local)
     else:
         state = read_checkpoint_dir(checkpoint)
