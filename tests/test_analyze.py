@@ -332,3 +332,5 @@ def test_selection_lines_show_the_short_retrains_and_the_winner():
     text = "\n".join(selection_lines({"selection": {"short_retrains": table}}))
     assert "2 candidates short-retrained (5 epochs, ranked by train_loss" in text and "1.125" in text
     assert "candidate-1 (winner)  8 16 16 8" in text and "4 4 4 8" in text
+    text = "\n".join(selection_lines({"selection": {"short_retrains": {**table, "seeds": 2}}}))
+    assert "(5 epochs, 2 seeds each, their mean shown, ranked by train_loss" in text

@@ -131,6 +131,31 @@ def test_the_short_retrain_winner(metric, rows, winner):
     assert pick_winner([{"epochs": e, metric: v} for e, v in rows], metric) == winner
 
 
+def _trial(label, seed):
+    return {"label": label, "genotype": {"path": [0, 1], "cell": []}, "seed": seed}
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [
+    # (label, seed) -> reported; expected (label, train_loss mean, epochs) per candidate, in rank order
+    ({("c0", 3): {"train_loss": 1.0, "epoch": 5}, ("c0", 4): {"train_loss": 2.0, "epoch": 5},
+      ("c1", 3): {"train_loss": 0.5, "epoch": 5}, ("c1", 4): {"train_loss": 0.7, "epoch": 5}},
+     [("c0", 1.5, 5), ("c1", 0.6, 5)]),
+    ({("c0", 3): {"train_loss": 1.0, "epoch": 5}, ("c0", 4): {"train_loss": float("nan"), "epoch": 2},
+      ("c1", 3): {"train_loss": 0.5, "epoch": 5}}, [("c0", None, 2), ("c1", None, None)]),  # a failed seed fails it
+])
+def test_a_candidate_ranks_by_the_mean_over_its_seeds(metrics, expected):
+    from orchestrator.sweep.selection import candidate_rows, pick_winner
+
+    trials = [_trial(label, seed) for label in ("c0", "c1") for seed in (3, 4)]
+    rows = candidate_rows(trials, metrics)
+    assert [r["label"] for r in rows] == ["c0", "c1"] and all(sorted(r["seeds"]) == ["3", "4"] for r in rows)
+    for row, (label, loss, epochs) in zip(rows, expected, strict=True):
+        assert row["label"] == label and row["epochs"] == epochs
+        assert (math.isnan(row["train_loss"]) if loss is None else row["train_loss"] == pytest.approx(loss))
+    if expected[1][1] is not None:
+        assert pick_winner(rows, "train_loss") == 1
+
+
 @pytest.mark.parametrize(("path", "top_k"), [("viterbi", 1), ("viterbi", 3), ("supernet", 1), ("supernet", 3)])
 def test_final_candidates_rank_paths_with_the_decoded_cell(search_checkpoint, tmp_path, path, top_k):
     from orchestrator.sweep.final import candidate_genotypes
@@ -181,7 +206,8 @@ def test_one_per_depth_puts_the_best_of_each_deepest_level_first(paths, expected
 @pytest.mark.cluster
 def test_the_chain_scores_paths_and_short_retrains_the_top_candidates(ray_session, tiny_settings, tmp_path):
     """The whole chain with the departures switched on: the decoder head, paths scored by the supernet, the top 2
-    candidates short-retrained under ASHA on the training loss, the winner retrained and recorded in the summary."""
+    candidates short-retrained at 2 seeds each under ASHA on the training loss, the winner retrained and recorded
+    in the summary."""
     from orchestrator.config import config_from_dict
     from orchestrator.sweep.chain import run_experiment
 
@@ -189,7 +215,7 @@ def test_the_chain_scores_paths_and_short_retrains_the_top_candidates(ray_sessio
                 "search_space": {**tiny_settings["search_space"], "head": "decoder"},
                 "search": {"epochs": 2, "warmup_epochs": 1},
                 "selection": {"path": "supernet", "path_candidates": 4, "recalibration_batches": 1, "top_k": 2,
-                              "short_epochs": 1, "grace_period": 1, "metric": "train_loss"},
+                              "short_epochs": 1, "grace_period": 1, "metric": "train_loss", "seeds": 2},
                 "retrain": {"epochs": 1, "crop_size": 32, "batch_size": 2, "filter_multiplier": 2}}
     summary = run_experiment(config_from_dict(settings), str(tmp_path), "chain")
     final = tmp_path / "chain" / "final"
@@ -201,6 +227,9 @@ def test_the_chain_scores_paths_and_short_retrains_the_top_candidates(ray_sessio
     winner = next(c for c in selection["candidates"] if c["label"] == selection["winner"])
     assert selection["metric"] == "train_loss"
     assert winner["train_loss"] == min(c["train_loss"] for c in selection["candidates"])
+    for c in selection["candidates"]:  # seeds 0 and 1 of each candidate, ranked by their mean
+        assert sorted(c["seeds"]) == ["0", "1"] and c["epochs"] == 1
+        assert c["train_loss"] == pytest.approx(sum(r["train_loss"] for r in c["seeds"].values()) / 2)
     assert summary["genotype"] == winner["genotype"] and summary["selection"]["short_retrains"] == selection
     assert json.loads((final / "genotype.json").read_text()) == winner["genotype"]
     assert summary["retrain"]["val_miou"] is not None

@@ -58,8 +58,10 @@ def selection_lines(summary: dict[str, Any]) -> list[str]:
     shown = ["val_miou", "val_loss", "train_loss"]
     body = [[r["label"] + (" (winner)" if r["label"] == table.get("winner") else ""), rates_text(r["path"]),
              fmt(r.get("epochs")), *(fmt(r.get(k)) for k in shown)] for r in rows]
-    return [f"  selection: {len(rows)} candidates short-retrained ({table.get('short_epochs')} epochs, ranked by "
-            f"{table.get('metric', 'val_miou')}; candidate-0 is the decoded genotype):",
+    seeds = table.get("seeds", 1)
+    each = f", {seeds} seeds each, their mean shown" if seeds > 1 else ""
+    return [f"  selection: {len(rows)} candidates short-retrained ({table.get('short_epochs')} epochs{each}, ranked "
+            f"by {table.get('metric', 'val_miou')}; candidate-0 is the decoded genotype):",
             "    " + format_table(["candidate", "path (rates)", "epochs", *shown], body).replace("\n", "\n    ")]
 
 

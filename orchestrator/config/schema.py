@@ -243,6 +243,10 @@ class SelectionConfig:
     temperature: float = setting(1.0, above(0))
     # epochs of a short retrain (ASHA's max_t), with the retrain section's other settings
     short_epochs: int = setting(5, at_least(1))
+    # short retrains per candidate, at runtime.seed, runtime.seed + 1, ...; a candidate ranks by the mean of its
+    # seeds' metric (a failed seed fails the candidate): the seed-to-seed noise of one short retrain is as wide
+    # as the spread between candidates (README, "Is the search better than chance?")
+    seeds: int = setting(1, at_least(1))
     # true: each short retrain runs standalone in its Tune trial's own process (one worker with the global batch of
     # retrain.num_workers workers, no checkpoints): no Train worker group to start per candidate, which on a small
     # machine costs more than a short retrain itself. false: a TorchTrainer of retrain.num_workers workers.

@@ -1,12 +1,13 @@
 """Selection that does not trust the supernet alone (SEARCH_VALIDITY.md: weight sharing scrambles rankings):
 the final step's top-k candidates are short-retrained as Tune trials with ASHA on ``selection.metric`` (the
 retrain mIoU, or the training loss: a training-speed estimate, Ru et al. 2021), and the winner gets the full
-retrain (``selection.top_k``, ``selection.short_epochs``).
+retrain (``selection.top_k``, ``selection.short_epochs``, ``selection.seeds``: a candidate ranks by the mean over
+its seeds).
 
 A short retrain is the retrain section with ``retrain.epochs = selection.short_epochs``, at the experiment's
-seed. The winner is the candidate that ran the most epochs (ASHA's survivor) with the best metric there; ties
-go to the better-ranked candidate. The table goes to ``final/selection.json``. Tune driver side: genotypes and
-configs only.
+seed and the ``selection.seeds - 1`` after it. The winner is the candidate that ran the most epochs (ASHA's
+survivor) with the best metric there; ties go to the better-ranked candidate. The table goes to
+``final/selection.json``. Tune driver side: genotypes and configs only.
 """
 
 from __future__ import annotations
@@ -39,24 +40,42 @@ def pick_winner(rows: list[dict[str, Any]], metric: str = "val_miou") -> int:
     return max(range(len(rows)), key=key)
 
 
-def short_retrain_selection(cfg: ExperimentConfig, genotypes: list[dict], path: str) -> tuple[dict, dict]:
-    """Short-retrain ``genotypes`` (dicts, best-ranked first) under ASHA in ``path``; returns the winner and the
-    table written to ``<path>/../selection.json``."""
-    s = cfg.selection
-    short = with_overrides(cfg, {"retrain.epochs": s.short_epochs}, "selection.short_epochs")
-    trials = [{"label": f"candidate-{i}", "genotype": g, "seed": cfg.runtime.seed} for i, g in enumerate(genotypes)]
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=s.short_epochs, grace_period=min(s.grace_period,
-                              s.short_epochs), reduction_factor=s.reduction_factor)
-    print(f"selection: short retrains ({s.short_epochs} epochs, ASHA on {s.metric}) of the top {len(trials)} "
-          "candidates", flush=True)
-    metrics = run_trials(short, trials, path, scheduler, in_process=s.in_process, metric=s.metric)
-    rows = []
+def candidate_rows(trials: list[dict[str, Any]], metrics: dict[tuple[str, int], dict[str, Any]]) -> list[dict]:
+    """One row per candidate (``trials`` in rank order, a candidate's seeds adjacent): each REPORTED metric is the
+    mean over its seeds (NaN when any seed failed), ``epochs`` the fewest any seed ran, ``seeds`` each seed's
+    metrics."""
+    rows: dict[str, dict[str, Any]] = {}
     for trial in trials:
         m = metrics.get((trial["label"], trial["seed"]), {})
-        rows.append({"label": trial["label"], "genotype": trial["genotype"], "path": trial["genotype"]["path"],
-                     **{k: finite_or_nan(m.get(k)) for k in REPORTED}, "epochs": m.get("epoch")})
+        row = rows.setdefault(trial["label"], {"label": trial["label"], "genotype": trial["genotype"],
+                                               "path": trial["genotype"]["path"], "seeds": {}})
+        row["seeds"][str(trial["seed"])] = {**{k: finite_or_nan(m.get(k)) for k in REPORTED},
+                                            "epochs": m.get("epoch")}
+    for row in rows.values():
+        runs = list(row["seeds"].values())
+        for k in REPORTED:
+            row[k] = finite_or_nan(sum(r[k] for r in runs) / len(runs))
+        ran = [r["epochs"] for r in runs]
+        row["epochs"] = None if None in ran else min(ran)
+    return list(rows.values())
+
+
+def short_retrain_selection(cfg: ExperimentConfig, genotypes: list[dict], path: str) -> tuple[dict, dict]:
+    """Short-retrain ``genotypes`` (dicts, best-ranked first), ``selection.seeds`` times each, under ASHA in
+    ``path``; returns the winner and the table written to ``<path>/../selection.json``."""
+    s = cfg.selection
+    short = with_overrides(cfg, {"retrain.epochs": s.short_epochs}, "selection.short_epochs")
+    trials = [{"label": f"candidate-{i}", "genotype": g, "seed": cfg.runtime.seed + j}
+              for i, g in enumerate(genotypes) for j in range(s.seeds)]
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=s.short_epochs, grace_period=min(s.grace_period,
+                              s.short_epochs), reduction_factor=s.reduction_factor)
+    print(f"selection: short retrains ({s.short_epochs} epochs, {s.seeds} seed(s) each, ASHA on {s.metric}) of "
+          f"the top {len(genotypes)} candidates", flush=True)
+    rows = candidate_rows(trials, run_trials(short, trials, path, scheduler, in_process=s.in_process,
+                                             metric=s.metric))
     winner = pick_winner(rows, s.metric)
-    table = {"short_epochs": s.short_epochs, "metric": s.metric, "winner": rows[winner]["label"], "candidates": rows}
+    table = {"short_epochs": s.short_epochs, "seeds": s.seeds, "metric": s.metric, "winner": rows[winner]["label"],
+             "candidates": rows}
     write_json(storage.join(storage.parent(absolute(path)), SELECTION_FILE), table)
     for row in rows:
         mark = " <- winner" if row is rows[winner] else ""
