@@ -58,7 +58,7 @@ from orchestrator.io import storage  # noqa: E402
 TINY = {
     "search_space": {"layers": 3, "blocks": 2, "filter_multiplier": 2, "stem_channels": [8, 8, 16]},
     "data": {"dataset": "synthetic", "crop_size": 32, "batch_size": 2, "val_batch_size": 4,
-             "options": {"size": 16}, "val_options": {"size": 8}},
+             "options": {"size": 16}, "val_options": {"size": 8}, "report_options": {"size": 8}},
     "search": {"epochs": 3, "warmup_epochs": 1},
     "scaling": {"num_workers": 2, "cpus_per_worker": 1},
     "runtime": {"max_failures": 0, "keep_checkpoints": 2},

@@ -62,6 +62,21 @@ class SearchSpaceConfig:
     head: str = setting("aspp", one_of(HEADS))
 
 
+PRIVATE_TEST_LABELS = ("cityscapes", "voc", "ade20k")
+"""Datasets whose test labels are not public: their report split is val, their selection split a train holdout."""
+
+
+def _report_split(value: Any, section: Any, root: Any) -> str | None:
+    if value is None:
+        return None
+    if value in ("train", "holdout", section.select_split):
+        return f"null or a split other than train, holdout and data.select_split ({section.select_split})"
+    if value == "test" and section.dataset in PRIVATE_TEST_LABELS:
+        return (f"a split with public labels: {section.dataset}'s test labels are private, so report on val "
+                "(data.report_split: val) and select on a train holdout (data.select_split: holdout, data.holdout: N)")
+    return None
+
+
 @dataclass
 class DataConfig:
     # runs anywhere without downloads; "cityscapes" is the paper's search data
@@ -73,9 +88,20 @@ class DataConfig:
     val_batch_size: int = setting(2, at_least(1))
     # DataLoader processes per Ray worker; 0 keeps the worker's CPU budget honest
     loader_workers: int = setting(0, at_least(0))
-    split_seed: int = 0  # seeds the random trainA/trainB halving; fixed so resumed runs see the same halves
+    split_seed: int = 0  # seeds the trainA/trainB halving (and a holdout); fixed so resumed runs see the same halves
     options: dict = field(default_factory=dict)  # passed to load_dataset for the train split (synthetic: size...)
-    val_options: dict = field(default_factory=dict)  # passed to load_dataset for the validation split
+    val_options: dict = field(default_factory=dict)  # passed to load_dataset for the selection split
+    # What everything that chooses reads (supernet validation, the sweep's ranking, selection, val_* metrics):
+    # "val", or "holdout" (data.holdout images carved out of train, which training then leaves out) where the
+    # dataset's own test labels are private (orchestrator/data/roles.py)
+    select_split: str = setting("val", rule(lambda v: v not in ("", "train"), "a split name other than train, "
+                                            "or holdout"))
+    holdout: int = setting(0, relation(lambda v, s: (v >= 1) == (s.select_split == "holdout"),
+                                       "an integer >= 1 with data.select_split: holdout, else 0"))
+    # Read once, at the end of a full retrain, for the test_* numbers that claims are made on; nothing that
+    # chooses reads it. The synthetic task's own test split; null: no report split
+    report_split: str | None = setting("test", _report_split)
+    report_options: dict = field(default_factory=dict)  # passed to load_dataset for the report split
 
 
 @dataclass
@@ -189,6 +215,11 @@ class TuneConfig:
     # samples of param_space (grid keys are crossed with each sample, as in Tune)
     num_samples: int = setting(1, at_least(1))
     metric: str = setting("val_miou", rule(bool, "a reported metric name"))  # what the paper selects on
+    # What picks the sweep's best trial. "architecture": each finished trial's decoded genotype is short-retrained
+    # like a selection candidate and the best architecture wins (orchestrator/sweep/ranking.py); a supernet's own
+    # mIoU rewards a larger F or a longer search, not a better architecture. "supernet": tune.metric itself.
+    # ASHA stops trials early on tune.metric either way; a one-trial sweep ranks nothing.
+    rank_by: str = setting("architecture", one_of(("architecture", "supernet")))
     mode: str = setting("max", one_of(("max", "min"), "max or min"))  # mIoU is better when larger
     # ASHA stops weak trials early; "fifo" runs every trial to the end
     scheduler: str = setting("asha", one_of(("asha", "fifo"), "asha or fifo"))
@@ -211,6 +242,9 @@ class RetrainConfig:
     batch_size: int = setting(8, at_least(1))  # per worker; not in PAPER.md, a common DeepLab setting
     filter_multiplier: int = setting(20, at_least(1))  # Auto-DeepLab-S
     num_workers: int = setting(2, at_least(1))  # DDP workers, as for the search
+    # epochs between evaluations of the selection split (val_* metrics), and always the last one; the report
+    # split (test_*) is read once, after the last epoch of a full retrain, never by short retrains
+    eval_every: int = setting(1, at_least(1))
     # Merged over data.options / data.val_options for retraining: the search may use half-resolution images
     # (the paper's search) while the retrain uses the full scale range.
     data_options: dict = field(default_factory=dict)

@@ -7,12 +7,21 @@ Entry points: `load_dataset`, `search_splits`, `make_loader`, `InfiniteLoader`. 
 
 from orchestrator.data.common import IGNORE_INDEX, DataError
 from orchestrator.data.dataset import DATASETS, FileSegmentation, load_dataset
-from orchestrator.data.loaders import InfiniteLoader, SearchSplit, make_loader, search_splits, seed_worker
-from orchestrator.data.synthetic import SyntheticSegmentation
+from orchestrator.data.loaders import (
+    InfiniteLoader,
+    SearchSplit,
+    make_loader,
+    search_splits,
+    seed_sampler,
+    seed_worker,
+    set_pass,
+)
+from orchestrator.data.roles import ROLES, describe, role_dataset
+from orchestrator.data.synthetic_dataset import SyntheticSegmentation
 from orchestrator.data.transforms import EvalTransform, TrainTransform, denormalize
 
 __all__ = [
     "DATASETS", "IGNORE_INDEX", "DataError", "EvalTransform", "FileSegmentation", "InfiniteLoader", "SearchSplit",
-    "SyntheticSegmentation", "TrainTransform", "denormalize", "load_dataset", "make_loader", "search_splits",
-    "seed_worker",
+    "ROLES", "SyntheticSegmentation", "TrainTransform", "denormalize", "describe", "load_dataset", "make_loader",
+    "role_dataset", "search_splits", "seed_sampler", "seed_worker", "set_pass",
 ]

@@ -26,14 +26,15 @@ from orchestrator.data.common import (
 )
 from orchestrator.data.fast_crop import train_crop
 from orchestrator.data.formats import FORMATS, Pair
-from orchestrator.data.synthetic import DEFAULT_SIZE, SyntheticSegmentation
+from orchestrator.data.synthetic import DEFAULT_SIZE
+from orchestrator.data.synthetic_dataset import SyntheticSegmentation
 from orchestrator.data.transforms import EvalTransform, TrainTransform, to_tensors
 
 DATASETS: tuple[str, ...] = ("synthetic", *FORMATS)
 """Names `load_dataset` accepts."""
 
 _COMMON_OPTIONS = {"scale_range", "flip", "eval_crop"}
-_OPTIONS = {"synthetic": _COMMON_OPTIONS | {"size", "image_size", "cache"}}
+_OPTIONS = {"synthetic": _COMMON_OPTIONS | {"size", "image_size", "cache", "task", "fresh"}}
 _FILE_OPTIONS = _COMMON_OPTIONS | {"check_samples"}
 
 
@@ -108,9 +109,11 @@ def load_dataset(name: str, root: str | Path | None, split: str, *, train: bool,
                 because the generator already draws object scales and rescaling would blur 1 px curves away.
             flip: random horizontal flip in training (default True).
             eval_crop: centre-crop evaluation images to ``crop_size`` (default False: full images).
-            size: synthetic only, number of images (default 512 train, 64 val/test).
+            size: synthetic only, number of images (default 512 train, 256 val, 512 test).
             image_size: synthetic only, side of generated images (default ``crop_size``).
             cache: synthetic only, keep generated samples in memory (default False).
+            task: synthetic only, "multi" (default), or a known-answer variant "detail" or "context".
+            fresh: synthetic only, new images every pass (default False; see `synthetic_dataset`).
             check_samples: files only, pairs read and checked up front (default 8; None = all, 0 = none).
 
     Raises:
@@ -129,7 +132,8 @@ def load_dataset(name: str, root: str | Path | None, split: str, *, train: bool,
     if name == "synthetic":
         size = options.get("size", DEFAULT_SIZE.get(split, 64))
         return SyntheticSegmentation(split, size, options.get("image_size", crop_size), seed, transform,
-                                     options.get("cache", False))
+                                     options.get("cache", False), options.get("task", "multi"),
+                                     options.get("fresh", False))
     return _file_dataset(name, root, split, transform, options.get("check_samples", 8), seed)
 
 

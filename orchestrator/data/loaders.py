@@ -12,6 +12,7 @@ process's global torch generator instead, which the caller seeds and checkpoints
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
@@ -42,14 +43,34 @@ def search_splits(train_ds: Dataset, seed: int) -> tuple[SearchSplit, SearchSpli
     """Split ``train_ds`` into trainA (network weights) and trainB (architecture), disjoint and covering it.
 
     The partition depends only on ``seed`` and the dataset's length; trainA gets the extra image when the
-    length is odd. Indices inside each half are sorted (file locality); loaders shuffle them.
+    length is odd. Indices inside each half are sorted (file locality); loaders shuffle them. Each half holds
+    its own shallow copy of the dataset, so its loader's pass (`set_pass`) does not move the other half's.
     """
     n = len(train_ds)
     if n < 2:
         raise DataError(f"the training set has {n} image(s): the search needs at least 2 to split into halves")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     half = (n + 1) // 2
-    return SearchSplit(train_ds, sorted(perm[:half])), SearchSplit(train_ds, sorted(perm[half:]))
+    return (SearchSplit(copy.copy(train_ds), sorted(perm[:half])),
+            SearchSplit(copy.copy(train_ds), sorted(perm[half:])))
+
+
+def set_pass(ds: Any, pass_index: int) -> None:
+    """Tell ``ds`` (through any `Subset` wrappers) which pass over it begins: a dataset that draws new images
+    per pass (the synthetic task's ``fresh`` option) has a ``set_epoch``; others ignore it."""
+    while ds is not None:
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(pass_index)
+        ds = getattr(ds, "dataset", None)
+
+
+def seed_sampler(loader: Any, seed: int) -> Any:
+    """Seed the `DistributedSampler` that `prepare_data_loader` put in ``loader`` (it builds it with seed 0, so
+    without this every run's data order would be the same whatever its seed); returns ``loader``."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch") and hasattr(sampler, "seed"):
+        sampler.seed = int(seed)
+    return loader
 
 
 def seed_worker(worker_id: int) -> None:
@@ -115,6 +136,7 @@ class InfiniteLoader:
         self._skip = 0
 
     def _start_pass(self) -> None:
+        set_pass(getattr(self.loader, "dataset", None), self.epoch)
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)

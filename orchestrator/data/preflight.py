@@ -1,19 +1,21 @@
 """Checks run in the driver before any Ray worker starts, so bad input fails in seconds with a clear message
-instead of inside a worker group that Ray restarts.
+instead of inside a worker group that Ray restarts. Every data role is opened (`orchestrator.data.roles`): the
+train split (minus a holdout), the selection split and, when there is one, the report split.
 """
 
 from __future__ import annotations
 
 from orchestrator.config import ExperimentConfig
-from orchestrator.data import DataError, load_dataset
+from orchestrator.data import DataError
+from orchestrator.data.roles import role_dataset
 
 
 def check_data(cfg: ExperimentConfig) -> None:
-    """Open the train and validation splits (file lists validated, labels sample-checked by the data layer)
+    """Open the train and selection splits (file lists validated, labels sample-checked by the data layer)
     and check the search has a full batch in each training half."""
     d = cfg.data
-    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=d.crop_size, **d.options)
-    load_dataset(d.dataset, d.root, "val", train=False, crop_size=d.crop_size, **d.val_options)
+    train = role_dataset(d, "train", train=True, crop_size=d.crop_size)
+    role_dataset(d, "select", train=False, crop_size=d.crop_size)
     half = len(train) // 2
     need = d.batch_size * cfg.scaling.num_workers
     if half < need:
@@ -23,11 +25,13 @@ def check_data(cfg: ExperimentConfig) -> None:
 
 
 def check_retrain_data(cfg: ExperimentConfig) -> None:
-    """Open both splits at the retrain crop and check one full batch per retrain worker (the retrain drops the
-    last partial batch), so a sweep does not end in a traceback from the final step hours later."""
+    """Open every role's split at the retrain crop and check one full batch per retrain worker (the retrain drops
+    the last partial batch), so a sweep does not end in a traceback from the final step hours later."""
     d, r = cfg.data, cfg.retrain
-    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=r.crop_size, **d.options)
-    load_dataset(d.dataset, d.root, "val", train=False, crop_size=r.crop_size, **d.val_options)
+    train = role_dataset(d, "train", train=True, crop_size=r.crop_size, extra=r.data_options)
+    role_dataset(d, "select", train=False, crop_size=r.crop_size, extra=r.val_options)
+    if d.report_split is not None:
+        role_dataset(d, "report", train=False, crop_size=r.crop_size)
     if len(train) < r.batch_size * r.num_workers:
         raise DataError(f"data: the training split has {len(train)} images, fewer than retrain.batch_size "
                         f"({r.batch_size}) x retrain.num_workers ({r.num_workers}): no full batch per worker")

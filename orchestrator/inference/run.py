@@ -21,7 +21,7 @@ import torch
 from orchestrator.config import ExperimentConfig, config_from_dict
 from orchestrator.data import DataError
 from orchestrator.data.formats import FORMATS
-from orchestrator.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+from orchestrator.data.known_answer import TASKS as SYNTHETIC_TASKS
 from orchestrator.io import storage
 from orchestrator.io.checkpointing import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint_dir, read_checkpoint_dir
 from orchestrator.io.paths import is_remote
@@ -75,13 +75,13 @@ def find_run_dir(path: str | os.PathLike) -> Path | str:
                          "retrained its architecture")
 
 
-def dataset_classes(name: str, root: str | None) -> tuple[str, ...] | None:
+def dataset_classes(name: str, root: str | None, options: dict | None = None) -> tuple[str, ...] | None:
     """The class names of dataset ``name`` without reading its images: the synthetic task's, the fixed lists of
     Cityscapes and VOC, ADE20K's ``objectInfo150`` file (or ``class_<i>``), a folder dataset's ``classes.txt``;
     None when they cannot be known here (an unknown dataset, a folder dataset whose root is not on this machine).
     """
     if name == "synthetic":
-        return tuple(SYNTHETIC_CLASSES)
+        return tuple(SYNTHETIC_TASKS.get((options or {}).get("task", "multi"), ()) or ()) or None
     if name not in FORMATS:
         return None
     try:
@@ -101,7 +101,7 @@ def num_classes_of(model_state: dict[str, Any], source: str) -> int:
 
 def class_names(cfg: ExperimentConfig, num_classes: int) -> tuple[str, ...]:
     """The dataset's class names when they fit the network's classes, else ``class_0``, ``class_1``, ..."""
-    names = dataset_classes(cfg.data.dataset, cfg.data.root)
+    names = dataset_classes(cfg.data.dataset, cfg.data.root, cfg.data.options)
     if names is not None and len(names) == num_classes:
         return names
     return tuple(f"class_{i}" for i in range(num_classes))
