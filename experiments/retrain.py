@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or f"retrain-{label}-{config_hash(cfg)}"
         storage = args.storage_path or cfg.storage_path
         from orchestrator.data.preflight import check_retrain_data
+        from orchestrator.data.roles import describe
         from orchestrator.train.trainers import check_diverged, check_resources, run_dir, run_retrain
 
         check_retrain_data(cfg)
@@ -95,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nrun folder:  {directory}")
     print(f"checkpoint:  {result.checkpoint.path if result.checkpoint else None}")
     print(f"tensorboard: tensorboard --logdir {store.join(directory, 'tensorboard')}")
-    print(f"val_miou={metrics.get('val_miou')} after {metrics.get('epoch')} epochs")
+    splits = {role: describe(cfg.data, role) for role in ("select", "report")}
+    print(f"after {metrics.get('epoch')} epochs; val is {splits['select']}, test is {splits['report']}")
+    print(f"val_miou={metrics.get('val_miou')}")
+    if "test_miou" in metrics:
+        print(f"test_miou={metrics['test_miou']}")
     return 0
 
 

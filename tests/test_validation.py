@@ -82,7 +82,7 @@ def test_plan_draws_distinct_random_genotypes_other_than_the_searched_ones():
     one, two = searched("a"), Searched("b", genotype((1, 1, 2)), searched().config, None)
     candidates = plan([one, two], k=6, seeds=2, random_seeds=1, sample_seed=3)
     assert [c.label for c in candidates[:2]] == ["searched:a", "searched:b"]
-    assert all(c.seeds == (0, 1) for c in candidates[:2]) and all(c.seeds == (0,) for c in candidates[2:])
+    assert all(c.seeds == (100, 101) for c in candidates[:2]) and all(c.seeds == (100,) for c in candidates[2:])
     drawn = [c.genotype for c in candidates[2:]]
     assert len(set(drawn)) == 6 and not {one.genotype, two.genotype} & set(drawn)
     assert [c.genotype for c in plan([one, two], 6, 2, 1, 3)] == [c.genotype for c in candidates]
@@ -115,8 +115,9 @@ def test_validate_command_on_the_smoke_experiment(smoke_experiment, ray_cluster)
     result = json.loads((exp / "final" / "validation.json").read_text())
     assert (exp / "final" / "validation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["random"]["count"] == 2 and len(result["searched"]) == 1
-    assert all(0.0 <= v <= 1.0 for r in result["architectures"] for v in r["val_miou"])
-    assert len(result["searched"][0]["val_miou"]) == 2 and math.isfinite(result["seed_sd"])
+    assert all(0.0 <= v <= 1.0 for r in result["architectures"] for v in r["test_miou"])
+    assert len(result["searched"][0]["test_miou"]) == 2 and math.isfinite(result["seed_sd"])
+    assert all(r["seeds"][0] == 100 for r in result["architectures"])  # evaluation seeds, not the search's
     assert len(result["supernet_ranking"]) == 1 and len(result["supernet_ranking"][0]["supernet_miou"]) == 3
     summary = json.loads((exp / "final" / "summary.json").read_text())
     assert summary["validation"]["random_count"] == 2 and summary["retrain"]["val_miou"] is not None

@@ -39,7 +39,12 @@ def final_text(exp: Experiment) -> str:
     lines = [f"final retrain of trial {summary.get('best_trial')} ({hp or 'no swept keys'}; search "
              f"{search.get('metric', exp.metric)}={fmt(search.get('value'))}):",
              f"  retrained {fmt(retrain.get('epochs'))} epochs in {fmt(retrain.get('seconds'))} s: "
-             f"val_miou={fmt(retrain.get('val_miou'))}"]
+             f"val_miou={fmt(retrain.get('val_miou'))}" + (f" test_miou={fmt(retrain['test_miou'])}"
+                                                          if retrain.get("test_miou") is not None else "")]
+    splits = summary.get("splits") or {}
+    if splits:
+        lines.append(f"  val_* on {splits.get('val')} (what selection reads); test_* on {splits.get('test')} "
+                     "(read by nothing that chooses)")
     if retrain.get("error"):
         lines.append(f"  error: {retrain['error']}")
     if genotype.get("path"):

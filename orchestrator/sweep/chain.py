@@ -19,7 +19,9 @@ from orchestrator.analysis.leaderboard import (
 )
 from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
 from orchestrator.io import storage
+from orchestrator.io.atomic import write_json
 from orchestrator.io.checkpointing import latest_checkpoint_dir
+from orchestrator.io.numbers import is_finite
 from orchestrator.io.paths import absolute, is_remote
 from orchestrator.sweep.final import FinalActor
 from orchestrator.sweep.tune_driver import best_result, experiment_dir, run_sweep, trial_id_of
@@ -71,8 +73,10 @@ def _checkpoint_of(result, exp_dir: str) -> str:
 
 
 def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: bool = False,
-                   retrain: bool = True) -> dict[str, Any]:
-    """Sweep, then decode and retrain the best trial on a `FinalActor`; returns the final summary."""
+                   retrain: bool = True, final_retrain: bool = True) -> dict[str, Any]:
+    """Sweep, then choose the architecture (decode, and short-retrain the candidates when ``selection.top_k > 1``)
+    and retrain it on a `FinalActor`; returns the final summary. ``retrain=False`` stops after the sweep;
+    ``final_retrain=False`` after the choice (``final/choice.json``), as validation's arms do."""
     start = time.time()
     grid = run_sweep(cfg, storage_path, name, resume=resume)
     search_seconds = round(time.time() - start, 1)
@@ -87,6 +91,7 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
             f"there is no architecture to retrain. Trials: {'; '.join(errors) or 'none'}. Failed trials keep an "
             "error.txt in their trial-<id> folder; diverged ones need a smaller search.lr or search.arch_lr.")
     exp_dir = experiment_dir(absolute(storage_path), name)
+    best = _by_architecture(cfg, grid, exp_dir, best)
     facts = {
         "trial_id": best.metrics.get("trial_id"),
         "config": dict(best.config),
@@ -101,16 +106,52 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
     best_cfg = with_overrides(cfg, dict(best.config), f"best trial {facts['trial_id']}")
     actor = FinalActor.remote()
     try:
-        ranked = ray.get(actor.candidates.remote(config_to_dict(best_cfg), exp_dir, facts))
-        genotype, selection = ranked[0], None
-        if cfg.selection.top_k > 1 and len(ranked) > 1:
-            from orchestrator.sweep.selection import short_retrain_selection
-
-            genotype, selection = short_retrain_selection(best_cfg, ranked[:cfg.selection.top_k],
-                                                          storage.join(exp_dir, "final", "selection"))
-        summary = ray.get(actor.run.remote(config_to_dict(best_cfg), exp_dir, facts, genotype, selection))
+        choice = choose_architecture(actor, best_cfg, exp_dir, facts)
+        if not final_retrain:
+            return {"best_trial": facts["trial_id"], "search": facts, "choice": choice}
+        summary = ray.get(actor.run.remote(config_to_dict(best_cfg), exp_dir, facts, choice["selected"],
+                                           choice["short_retrains"]))
     finally:
         ray.kill(actor)
+    return _validate_in_chain(cfg, exp_dir, summary)
+
+
+def _by_architecture(cfg: ExperimentConfig, grid, exp_dir: str, best):
+    """With ``tune.rank_by: architecture`` and more than one usable trial, the trial whose decoded genotype
+    short-retrains best (`orchestrator.sweep.ranking`); else ``best`` (the supernet's metric)."""
+    ok = [r for r in grid if r.error is None and r.metrics and not r.metrics.get("diverged")
+          and is_finite(r.metrics.get(cfg.tune.metric))]
+    if cfg.tune.rank_by != "architecture" or len(ok) < 2:
+        return best
+    from orchestrator.sweep.ranking import rank_trials
+
+    rows = rank_trials(cfg, {trial_id_of(r): _checkpoint_of(r, exp_dir) for r in ok}, exp_dir)
+    return next(r for r in ok if trial_id_of(r) == rows[0]["trial_id"])
+
+
+CHOICE_FILE = "choice.json"
+"""``final/choice.json``: the decoded genotype, the one the final step chose, and the time each stage took."""
+
+
+def choose_architecture(actor: Any, cfg: ExperimentConfig, exp_dir: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """The candidates of the best trial (``candidates[0]`` is the decoded one), short-retrained when
+    ``selection.top_k > 1``; writes and returns ``final/choice.json``."""
+    start = time.time()
+    ranked = ray.get(actor.candidates.remote(config_to_dict(cfg), exp_dir, facts))
+    genotype, selection = ranked[0], None
+    if cfg.selection.top_k > 1 and len(ranked) > 1:
+        from orchestrator.sweep.selection import short_retrain_selection
+
+        genotype, selection = short_retrain_selection(cfg, ranked[:cfg.selection.top_k],
+                                                      storage.join(exp_dir, "final", "selection"))
+    choice = {"decoded": ranked[0], "selected": genotype, "candidates": len(ranked[:cfg.selection.top_k]),
+              "search_seconds": facts["search_seconds"], "selection_seconds": round(time.time() - start, 1),
+              "best_trial": facts["trial_id"], "checkpoint": facts["checkpoint_path"], "short_retrains": selection}
+    write_json(storage.join(exp_dir, "final", CHOICE_FILE), choice)
+    return choice
+
+
+def _validate_in_chain(cfg: ExperimentConfig, exp_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
     v = cfg.validation
     if v.random > 0:
         from orchestrator.sweep.validation import validate_experiments

@@ -17,6 +17,7 @@ import ray
 
 from orchestrator.analysis.figures import cell_figure, path_figure
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
+from orchestrator.data.roles import describe
 from orchestrator.io import storage
 from orchestrator.io.atomic import save_figure, write_json, write_text
 from orchestrator.io.numbers import finite_or_none
@@ -92,6 +93,12 @@ def write_architecture(genotype: Genotype, final_dir: str | os.PathLike, label: 
     return files
 
 
+def data_splits(cfg: ExperimentConfig) -> dict[str, str | None]:
+    """Which split each number of a summary comes from: ``val_*`` (the selection split) and ``test_*`` (the
+    report split, which nothing that chooses reads)."""
+    return {"val": describe(cfg.data, "select"), "test": describe(cfg.data, "report")}
+
+
 def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: str,
                           extra: dict[str, Any]) -> dict[str, Any]:
     """Retrain ``genotype`` with ``cfg.retrain`` and write ``summary.json``; returns the summary."""
@@ -106,8 +113,11 @@ def retrain_and_summarize(cfg: ExperimentConfig, genotype: Genotype, final_dir: 
     summary = {
         **extra,
         "genotype": genotype.to_dict(),
+        "splits": data_splits(cfg),
         "retrain": {
             "val_miou": finite_or_none(metrics.get("val_miou")),
+            "test_miou": finite_or_none(metrics.get("test_miou")),
+            "test_per_class_iou": metrics.get("test_per_class_iou"),
             "diverged": bool(metrics.get("diverged", False)),
             "stop_reason": metrics.get("stop_reason"),
             "per_class_iou": metrics.get("per_class_iou"),

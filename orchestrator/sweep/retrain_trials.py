@@ -26,6 +26,7 @@ from orchestrator.config import (
     config_to_dict,
     with_overrides,
 )
+from orchestrator.data.roles import role_options
 from orchestrator.io import storage
 from orchestrator.io.numbers import finite_or_nan
 from orchestrator.io.paths import absolute
@@ -46,11 +47,24 @@ def genotype_key(genotype: Genotype) -> str:
     return hashlib.sha256(genotype.to_json(indent=None).encode()).hexdigest()[:10]
 
 
+def retrain_inputs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything a retrain's result depends on besides genotype and seed: the retrain section, the data each
+    role's split is built from (as the retrain resolves it, so two configs whose searches differ but whose
+    retrains read the same images share their runs), the stem and op family, bf16."""
+    d, everything = cfg.data, config_to_dict(cfg)
+    retrain = {k: v for k, v in everything["retrain"].items() if k not in ("data_options", "val_options")}
+    roles = {role: role_options(d, role, extra) for role, extra in
+             (("train", cfg.retrain.data_options), ("select", cfg.retrain.val_options), ("report", None))}
+    data = {k: everything["data"][k] for k in ("dataset", "root", "split_seed", "select_split", "holdout",
+                                               "report_split", "val_batch_size")}
+    space = {k: everything["search_space"][k] for k in ("ops", "stem_channels")}
+    return {"retrain": retrain, "data": data, "roles": roles, "space": space, "bf16": cfg.runtime.bf16}
+
+
 def run_name(genotype: Genotype, seed: int, cfg: ExperimentConfig) -> str:
-    """``retrain-<genotype hash>-<budget hash>-seed<s>``: the budget (data and retrain sections) is in the name, so
-    a short retrain never resumes into a full one."""
-    data = config_to_dict(cfg)
-    budget = hashlib.sha256(json.dumps([data["data"], data["retrain"]], sort_keys=True).encode()).hexdigest()[:6]
+    """``retrain-<genotype hash>-<budget hash>-seed<s>``: the budget (`retrain_inputs`) is in the name, so a short
+    retrain never resumes into a full one."""
+    budget = hashlib.sha256(json.dumps(retrain_inputs(cfg), sort_keys=True).encode()).hexdigest()[:6]
     return f"retrain-{genotype_key(genotype)}-{budget}-seed{seed}"
 
 
@@ -63,11 +77,13 @@ def finished_retrain(directory: str, epochs: int) -> dict[str, Any] | None:
     return None
 
 
-def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_process: bool = False) -> None:
+def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_process: bool = False,
+                  report: bool = False) -> None:
     """One retrain of ``config["trial"]["genotype"]`` with ``runtime.seed`` set to its ``seed``, reported to
     Tune. ``in_process``: the retrain loop runs standalone in this trial's own process (one worker with the global
     batch of ``retrain.num_workers`` workers, no `ray.train`), so no worker group starts; its reports reach Tune
-    through `report_listener`. It keeps no checkpoint: interrupted, it starts again."""
+    through `report_listener`. It keeps no checkpoint: interrupted, it starts again. ``report``: a full retrain
+    that evaluates the report split after its last epoch (never for the short retrains that select)."""
     config = config["trial"]
     cfg = with_overrides(config_from_dict(base, "retrain trial base config"), {"runtime.seed": config["seed"]},
                          f"retrain trial {config['label']} seed {config['seed']}")
@@ -85,9 +101,9 @@ def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_pr
         directory = run_dir(runs, name)
         with report_listener(tune.report):
             retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
-                                   "run_dir": directory, "standalone": True})
+                                   "run_dir": directory, "standalone": True, "report": report})
         return
-    make_retrain_trainer(cfg, genotype, runs, name, callbacks=[TuneReportCallback()]).fit()
+    make_retrain_trainer(cfg, genotype, runs, name, callbacks=[TuneReportCallback()], report=report).fit()
 
 
 def trial_resources(cfg: ExperimentConfig, in_process: bool) -> dict[str, float]:
@@ -116,20 +132,23 @@ def concurrency(cfg: ExperimentConfig, trial_cpus: float, in_process: bool = Fal
 
 
 def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, scheduler: Any = None,
-               in_process: bool = False, metric: str = "val_miou") -> dict[tuple[str, int], dict[str, Any]]:
+               in_process: bool = False, metric: str = "val_miou",
+               report: bool = False) -> dict[tuple[str, int], dict[str, Any]]:
     """Fit (or continue) one trial per ``{"label", "genotype" (dict), "seed"}`` in ``path``, with ``cfg``'s retrain
     section (each in its trial's process with ``in_process``, see `retrain_trial`: a finished trial's process
     takes the next one, which spares a Python start and the imports, about 5 s a trial on 2 cores; each retrain
     seeds its own RNGs), ``metric`` for Tune and the scheduler; returns each (label, seed)'s last reported metrics
-    (``val_miou`` and ``metric`` NaN when it failed)."""
+    (``val_miou`` and ``metric`` NaN when it failed). ``report``: full retrains that also evaluate the report
+    split after their last epoch (``test_*``); the short retrains of selection never do."""
     path = absolute(path)
     runs = storage.join(path, "runs")
     plan = ([trials, config_to_dict(cfg)["retrain"]] + ([{"in_process": True}] if in_process else [])
-            + ([{"metric": metric}] if metric != "val_miou" else []))
+            + ([{"metric": metric}] if metric != "val_miou" else []) + ([{"report": True}] if report else []))
     plan_key = hashlib.sha256(json.dumps(plan, sort_keys=True).encode())
     name = f"tune-{plan_key.hexdigest()[:8]}"
     trainable = tune.with_resources(
-        tune.with_parameters(retrain_trial, base=config_to_dict(cfg), runs=runs, in_process=in_process),
+        tune.with_parameters(retrain_trial, base=config_to_dict(cfg), runs=runs, in_process=in_process,
+                             report=report),
         trial_resources(cfg, in_process))
     if tune.Tuner.can_restore(storage.join(path, name)):
         tuner = tune.Tuner.restore(storage.join(path, name), trainable=trainable, resume_errored=True)

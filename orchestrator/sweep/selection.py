@@ -64,7 +64,10 @@ def short_retrain_selection(cfg: ExperimentConfig, genotypes: list[dict], path: 
     """Short-retrain ``genotypes`` (dicts, best-ranked first), ``selection.seeds`` times each, under ASHA in
     ``path``; returns the winner and the table written to ``<path>/../selection.json``."""
     s = cfg.selection
-    short = with_overrides(cfg, {"retrain.epochs": s.short_epochs}, "selection.short_epochs")
+    # val_* at ASHA's rungs (multiples of the grace period) and the last epoch only: the selection split is
+    # large enough to rank well, and evaluating it every epoch would cost more than the short retrains' steps
+    short = with_overrides(cfg, {"retrain.epochs": s.short_epochs,
+                                 "retrain.eval_every": min(s.grace_period, s.short_epochs)}, "selection.short_epochs")
     trials = [{"label": f"candidate-{i}", "genotype": g, "seed": cfg.runtime.seed + j}
               for i, g in enumerate(genotypes) for j in range(s.seeds)]
     scheduler = ASHAScheduler(time_attr="epoch", max_t=s.short_epochs, grace_period=min(s.grace_period,

@@ -6,7 +6,10 @@ seeds, the random ones at fewer, each with the experiment's retrain section. The
 (default ``<out>/validation/runs/``): running the same validation again reuses the finished ones, and
 validations that share ``runs`` (several searches of one space) share the random architectures' retrains.
 
-Writes ``<out>/validation.json`` and ``<out>/validation.png``: per architecture its retrain mIoU per seed; the
+Every retrain runs at evaluation seeds (100, 101, ...: none of them a seed the searches chose with) and is scored
+on the report split (``test_miou``), which no search, sweep or selection reads.
+
+Writes ``<out>/validation.json`` and ``<out>/validation.png``: per architecture its test mIoU per seed; the
 random distribution (mean, sd, min, max, quartiles); per searched genotype its mean, sd and percentile among the
 random ones; the seed-to-seed sd against the spread across architectures (does the task separate
 architectures?); and, where the search's checkpoint is at hand, Kendall's tau between the trained supernet's
@@ -26,6 +29,7 @@ import ray
 from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.io import storage
 from orchestrator.io.atomic import save_figure, write_json
+from orchestrator.io.numbers import finite_or_nan
 from orchestrator.io.paths import absolute
 from orchestrator.sweep.retrain_trials import run_trials
 from search_space import Genotype
@@ -97,8 +101,30 @@ def plan(searched: list[Searched], k: int, seeds: int, random_seeds: int, sample
         drawn = sample_genotypes(space["layers"], space["blocks"], k, seed=sample_seed, exclude=own)
     except ValueError as err:
         raise ValidationError(f"--random {k}: {err}") from None
-    out = [Candidate(f"searched:{s.name}", s.genotype, tuple(range(seeds))) for s in searched]
-    return out + [Candidate(f"random-{i}", g, tuple(range(random_seeds))) for i, g in enumerate(drawn)]
+    out = [Candidate(f"searched:{s.name}", s.genotype, eval_seeds(seeds)) for s in searched]
+    return out + [Candidate(f"random-{i}", g, eval_seeds(random_seeds)) for i, g in enumerate(drawn)]
+
+
+EVAL_SEED_BASE = 100
+"""Evaluation retrains run at seeds 100, 101, ...: disjoint from the search and selection seeds (0, 1, ... by
+default), so a lucky initialisation that won a short retrain never scores the winner. `check_eval_seeds` refuses
+an experiment that used one of them."""
+
+
+def eval_seeds(count: int) -> tuple[int, ...]:
+    return tuple(range(EVAL_SEED_BASE, EVAL_SEED_BASE + count))
+
+
+def check_eval_seeds(searched: list[Searched], count: int) -> None:
+    """The experiments' search and selection seeds must not be evaluation seeds."""
+    for s in searched:
+        runtime, selection = s.config.get("runtime", {}), s.config.get("selection", {})
+        used = {runtime.get("seed", 0) + j for j in range(selection.get("seeds", 1))}
+        shared = sorted(used & set(eval_seeds(count)))
+        if shared:
+            raise ValidationError(f"experiment {s.name} chose with seeds {sorted(used)}, which include the evaluation "
+                                  f"seeds {shared}: evaluation seeds start at {EVAL_SEED_BASE}; search with "
+                                  f"runtime.seed below {EVAL_SEED_BASE - selection.get('seeds', 1) + 1}")
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -123,7 +149,7 @@ def summarize(candidates: list[Candidate], scores: dict[tuple[str, int], float])
         values = [scores.get((c.label, s), float("nan")) for s in c.seeds]
         mean, sd = _mean_sd(values)
         rows.append({"label": c.label, "genotype": c.genotype.to_dict(), "path": list(c.genotype.path),
-                     "seeds": list(c.seeds), "val_miou": values, "mean": mean, "sd": sd})
+                     "seeds": list(c.seeds), "test_miou": values, "mean": mean, "sd": sd})
     random_means = [r["mean"] for r in rows if r["label"].startswith("random-") and math.isfinite(r["mean"])]
     r_mean, r_sd = _mean_sd(random_means)
     quartiles = statistics.quantiles(random_means, n=4) if len(random_means) > 1 else [float("nan")] * 3
@@ -133,7 +159,7 @@ def summarize(candidates: list[Candidate], scores: dict[tuple[str, int], float])
             pct = percentile(r["mean"], random_means)
             searched.append({**r, "experiment": r["label"].removeprefix("searched:"), "percentile": pct,
                              "beats_random_mean": r["mean"] > r_mean, "top_quartile": r["mean"] >= quartiles[2]})
-    multi = [r for r in rows if sum(math.isfinite(v) for v in r["val_miou"]) > 1]
+    multi = [r for r in rows if sum(math.isfinite(v) for v in r["test_miou"]) > 1]
     seed_sd = math.sqrt(statistics.fmean([r["sd"] ** 2 for r in multi])) if multi else float("nan")
     spread = (max(random_means) - min(random_means)) if random_means else float("nan")
     return {
@@ -160,7 +186,7 @@ def kendall_tau(xs: list[float], ys: list[float]) -> float:
 
 
 @ray.remote
-def _score_remote(checkpoint: str, cfg: dict[str, Any], genotypes: list[dict[str, Any]], threads: int) -> list[float]:
+def score_remote(checkpoint: str, cfg: dict[str, Any], genotypes: list[dict[str, Any]], threads: int) -> list[float]:
     from orchestrator.train.supernet_score import load_supernet, score_genotypes
 
     trained = load_supernet(checkpoint, config_from_dict(cfg, f"{checkpoint}: its experiment's config"))
@@ -176,7 +202,7 @@ def supernet_ranking(searched: list[Searched], summary: dict[str, Any], cfg: Exp
     for s in searched:
         if not s.checkpoint or not storage.is_dir(s.checkpoint):
             continue
-        task = _score_remote.options(num_cpus=threads)
+        task = score_remote.options(num_cpus=threads)
         scores = ray.get(task.remote(s.checkpoint, s.config, [r["genotype"] for r in rows], threads))
         out.append({"experiment": s.name, "checkpoint": s.checkpoint, "supernet_miou": scores,
                     "kendall_tau": kendall_tau(scores, [r["mean"] for r in rows])})
@@ -192,11 +218,12 @@ def validate_experiments(experiment_dirs: list[str], out: str, k: int, seeds: in
 
     searched = [read_searched(d) for d in experiment_dirs]
     check_comparable(searched)
+    check_eval_seeds(searched, max(seeds, random_seeds))
     candidates = plan(searched, k, seeds, random_seeds, sample_seed)
     cfg = config_from_dict(searched[0].config, f"{experiment_dirs[0]}/final/summary.json 'config'")
     trials = [{"label": c.label, "genotype": c.genotype.to_dict(), "seed": s} for c in candidates for s in c.seeds]
-    metrics = run_trials(cfg, trials, runs or storage.join(out, RUNS_DIR))
-    scores = {key: m["val_miou"] for key, m in metrics.items()}
+    metrics = run_trials(cfg, trials, runs or storage.join(out, RUNS_DIR), report=True)
+    scores = {key: finite_or_nan(m.get("test_miou")) for key, m in metrics.items()}
     result = {"experiments": [absolute(d) for d in experiment_dirs], "random_k": k, "seeds": seeds,
               "random_seeds": random_seeds, "sample_seed": sample_seed,
               "retrain": config_to_dict(cfg)["retrain"], **summarize(candidates, scores)}
@@ -228,11 +255,11 @@ def _note_in_summary(experiment_dir: str, out: str, result: dict[str, Any]) -> N
 def format_result(result: dict[str, Any]) -> str:
     """Lines for the terminal: the random distribution, each searched genotype's place in it, the ranking."""
     r = result["random"]
-    lines = [f"random architectures: {r['count']}, retrain mIoU mean {r['mean']:.4f} sd {r['sd']:.4f} "
+    lines = [f"random architectures: {r['count']}, test mIoU mean {r['mean']:.4f} sd {r['sd']:.4f} "
              f"(min {r['min']:.4f}, max {r['max']:.4f})"]
     for s in result["searched"]:
-        values = ", ".join(f"{v:.4f}" for v in s["val_miou"])
-        lines.append(f"searched {s['experiment']}: path {s['path']} mIoU {s['mean']:.4f} sd {s['sd']:.4f} "
+        values = ", ".join(f"{v:.4f}" for v in s["test_miou"])
+        lines.append(f"searched {s['experiment']}: path {s['path']} test mIoU {s['mean']:.4f} sd {s['sd']:.4f} "
                      f"({values}); percentile {s['percentile']:.0f} among the random ones")
     lines.append(f"mean percentile of the searched genotypes: {result['mean_percentile']:.0f}; seed-to-seed sd "
                  f"{result['seed_sd']:.4f}; random range / seed sd {result['random_range_over_seed_sd']:.1f}")

@@ -189,9 +189,12 @@ class EpochFacts:
     images: int = 0
 
     def losses(self) -> dict[str, float]:
+        """Mean losses, and the mean norms of alpha's and beta's gradients over the arch steps (how hard the
+        architecture is pushed: a search that does not learn shows tiny ones)."""
         nan = float("nan")
-        return {"train_loss": float(self.sums[0]) / self.steps,
-                "arch_loss": float(self.sums[1]) / self.steps if self.arch_on else nan}
+        sums = self.sums.tolist() + [nan] * (4 - len(self.sums))  # (weight loss, arch loss, |grad alpha|, |grad beta|)
+        mean = [float(v) / self.steps if self.arch_on or i == 0 else nan for i, v in enumerate(sums)]
+        return {"train_loss": mean[0], "arch_loss": mean[1], "alpha_grad_norm": mean[2], "beta_grad_norm": mean[3]}
 
 
 def epoch_metrics(net: SuperNet, facts: EpochFacts, evaluation: dict[str, Any],
@@ -249,7 +252,8 @@ def divergence(sums: torch.Tensor, arch_on: bool, net: SuperNet, epoch: int) -> 
             "search.grad_clip; the run's last checkpoint is from before this epoch")
 
 
-NUMERIC_METRICS = ("val_miou", "val_loss", "val_pixel_acc", "train_loss", "arch_loss", "alpha_entropy",
+NUMERIC_METRICS = ("val_miou", "val_loss", "val_pixel_acc", "train_loss", "arch_loss", "alpha_grad_norm",
+                   "beta_grad_norm", "alpha_entropy",
                    "beta_entropy", "param_free_ops", "path_depth", "alpha_delta", "beta_delta", "lr", "arch_lr",
                    "epoch_seconds", "train_seconds", "val_seconds", "images_per_second")
 """The scalar metrics of an epoch's report. A diverged epoch reports each of them (NaN where unknown), so a
@@ -298,7 +302,7 @@ def run_steps(w: Worker, data: SearchData, s: Any, step: int, total: int, arch_o
               progress: Progress | None = None) -> tuple[torch.Tensor, int, float]:
     """One epoch of steps: a weight step, then (from the warmup epoch on) an arch step, per batch. Returns the
     summed losses (weight, arch), the global step after them, and the last weight learning rate."""
-    sums = torch.zeros(2, dtype=torch.float64, device=w.device)
+    sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # weight loss, arch loss, |grad alpha|, |grad beta|
     lr = cosine_lr(step, total, s.lr, s.lr_min)
     for i in range(data.steps_per_epoch):
         lr = cosine_lr(step, total, s.lr, s.lr_min)
@@ -307,10 +311,12 @@ def run_steps(w: Worker, data: SearchData, s: Any, step: int, total: int, arch_o
         sums[0] += weight_step(w.model, w.net, data.train_a.next(), w.weight_opt, w.criterion, w.opts, w.device)
         if arch_on:
             sums[1] += arch_step(w.net, data.train_b.next(), w.arch_opt, w.criterion, w.opts, w.device)
+            sums[2] += w.net.alpha.grad.norm().double()  # averaged over workers: the same on every rank
+            sums[3] += w.net.beta.grad.norm().double()
         step += 1
         if progress is not None:
             progress.step(i + 1)
-        if (i + 1) % DIVERGENCE_CHECK_STEPS == 0 and i + 1 < data.steps_per_epoch and any_nonfinite(sums):
+        if (i + 1) % DIVERGENCE_CHECK_STEPS == 0 and i + 1 < data.steps_per_epoch and any_nonfinite(sums[:2]):
             break  # every rank breaks at the same step: the flag is all-reduced
     return sums, step, lr
 

@@ -1,5 +1,6 @@
 """What a search worker builds before its first step (Auto-DeepLab Sec. 4.2 "Search procedure"): the trainA /
-trainB / validation loaders, the supernet, its two optimizers (SGD for the weights, Adam for alpha and beta),
+trainB loaders (halves of the train role) and the validation loader (the selection split; the report split is
+never read here), the supernet, its two optimizers (SGD for the weights, Adam for alpha and beta),
 the per-step cosine learning rate and the class weights of the loss.
 """
 
@@ -15,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from orchestrator.config import ExperimentConfig
-from orchestrator.data import DataError, InfiniteLoader, load_dataset, make_loader, search_splits
+from orchestrator.data import DataError, InfiniteLoader, make_loader, role_dataset, search_splits, seed_sampler
 from orchestrator.train.metrics import class_weights_from_counts
 from orchestrator.train.steps import distributed
 from orchestrator.train.worker import all_reduce
@@ -39,8 +40,8 @@ class SearchData:
 def build_data(cfg: ExperimentConfig, rank: int, world: int) -> SearchData:
     """Datasets, the trainA/trainB halves and loaders; sharding and devices via ``prepare_data_loader``."""
     d = cfg.data
-    train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=d.crop_size, **d.options)
-    val = load_dataset(d.dataset, d.root, "val", train=False, crop_size=d.crop_size, **d.val_options)
+    train = role_dataset(d, "train", train=True, crop_size=d.crop_size)
+    val = role_dataset(d, "select", train=False, crop_size=d.crop_size)  # never the report split
     train_a, train_b = search_splits(train, d.split_seed)
     if min(len(train_a), len(train_b)) < d.batch_size * world:
         raise DataError(f"data: trainA/trainB have {len(train_a)}/{len(train_b)} images, fewer than "
@@ -50,7 +51,8 @@ def build_data(cfg: ExperimentConfig, rank: int, world: int) -> SearchData:
         loader = make_loader(ds, d.batch_size, shuffle=True, num_workers=d.loader_workers, seed=seed,
                              drop_last=True,  # drop_last: a 1-image batch breaks batch norm at rate 32
                              pin_memory=cfg.scaling.use_gpu)  # page-locked: Ray's copy to the GPU overlaps
-        return InfiniteLoader(ray.train.torch.prepare_data_loader(loader))
+        # prepare_data_loader's DistributedSampler has seed 0; seeded here, the data order follows runtime.seed
+        return InfiniteLoader(seed_sampler(ray.train.torch.prepare_data_loader(loader), seed))
 
     loader_a = infinite(train_a, cfg.runtime.seed)
     loader_b = infinite(train_b, cfg.runtime.seed + 1)

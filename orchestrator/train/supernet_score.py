@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from orchestrator.config import ExperimentConfig, config_from_dict
-from orchestrator.data import IGNORE_INDEX, load_dataset, search_splits
+from orchestrator.data import IGNORE_INDEX, role_dataset, search_splits
 from orchestrator.io.checkpointing import read_checkpoint_dir
 from orchestrator.train.metrics import confusion_matrix, iou_from_confusion
 from search_space import Genotype, SuperNet, decode_cell, decode_path
@@ -68,12 +68,12 @@ def load_supernet(checkpoint_path: str, cfg: ExperimentConfig | None = None) -> 
 def _batches(cfg: ExperimentConfig) -> tuple[list, list]:
     """The validation batches and the recalibration batches (the first trainA batches, drawn once)."""
     d = cfg.data
-    val = load_dataset(d.dataset, d.root, "val", train=False, crop_size=d.crop_size, **d.val_options)
+    val = role_dataset(d, "select", train=False, crop_size=d.crop_size)
     val_batches = list(DataLoader(val, batch_size=d.val_batch_size, shuffle=False))
     calib: list = []
     wanted = cfg.selection.recalibration_batches
     if wanted:
-        train = load_dataset(d.dataset, d.root, "train", train=True, crop_size=d.crop_size, **d.options)
+        train = role_dataset(d, "train", train=True, crop_size=d.crop_size)
         train_a, _ = search_splits(train, d.split_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.runtime.seed)

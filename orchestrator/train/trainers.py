@@ -195,10 +195,11 @@ def check_diverged(directory: str, checkpointed_epoch: int = 0) -> None:
 
 
 def make_retrain_trainer(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str,
-                         callbacks: list | None = None) -> TorchTrainer:
-    """A TorchTrainer that retrains ``genotype`` with ``cfg.retrain`` into ``<storage_path>/<name>``."""
+                         callbacks: list | None = None, report: bool = True) -> TorchTrainer:
+    """A TorchTrainer that retrains ``genotype`` with ``cfg.retrain`` into ``<storage_path>/<name>``; ``report``:
+    a full retrain that evaluates the report split after its last epoch (short retrains that choose must not)."""
     loop_config = {"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
-                   "run_dir": run_dir(storage_path, name)}
+                   "run_dir": run_dir(storage_path, name), "report": report}
     return torch_trainer(retrain_fn_per_worker, loop_config, cfg, (storage_path, name), cfg.retrain.num_workers,
                          callbacks)
 
