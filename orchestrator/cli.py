@@ -39,6 +39,18 @@ def run_arguments(parser: argparse.ArgumentParser, *, config_help: str, name_hel
     return parser
 
 
+def int_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: an argparse type for lists of integers (comma-separated, so positional
+    ``key=value`` overrides can follow)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one integer")
+    return values
+
+
 def address_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address; default: a running cluster, else a local Ray")
 
@@ -66,6 +78,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from orchestrator.data import DataError
     from orchestrator.inference import InferenceError
     from orchestrator.io.checkpointing import CheckpointError
+    from orchestrator.sweep.arms import ArmsError
     from orchestrator.sweep.chain import SweepFailedError
     from orchestrator.sweep.tune_driver import SweepError
     from orchestrator.sweep.validation import ValidationError
@@ -73,7 +86,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from search_space.genotypes import GenotypeError
 
     return (ConfigError, DataError, CheckpointError, ResourceError, GenotypeError, SweepError, SweepFailedError,
-            DivergedError, ValidationError, InferenceError)
+            DivergedError, ValidationError, InferenceError, ArmsError)
 
 
 def user_error(err: BaseException) -> BaseException | None:

@@ -1,0 +1,217 @@
+"""Does the search beat chance, at equal compute, on data it never chose on? Four arms, paired by search seed.
+
+For each search seed s (the config's ``runtime.seed`` set to s):
+
+- ``pipeline``: the shipped chain (sweep, decode, the selection step) up to its choice, without its own final
+  retrain: the architecture a user of the config gets.
+- ``decoded``: the same search's decoded genotype (the paper's method alone, no short-retrain filter).
+- ``random-search``: K genotypes drawn uniformly from the space through the same filter (the selection
+  section's short retrains at the same seeds, the same metric on the selection split). K makes its compute equal
+  to the pipeline's: the pipeline's short retrains plus as many more as its search's time buys at their measured
+  cost, ``K = top_k + round(search seconds / (selection seconds / top_k))`` (at least top_k).
+- ``random``: ``draws`` single uniform draws, unfiltered (the paper-style baseline); the arm's score at a seed is
+  the mean of its draws'.
+
+Then every arm's architecture is retrained at the evaluation seeds (disjoint from every seed the searches and
+filters used) with the config's full retrain budget, and scored on the report split (``test_miou``), which no
+search, sweep or selection read. `orchestrator.analysis.paired` turns the scores into per-arm means, paired
+differences with bootstrap intervals over search seeds, and the yardstick's seed-to-seed agreement.
+
+Everything lives under ``out``: ``searches/`` (the pipeline's experiments), ``random-search/seed<s>/`` (its short
+retrains), ``runs`` (the evaluation retrains, shareable across studies) and ``arms.json``. Every stage is named
+by seed, so running the same command again reuses what finished. Tune driver side: no model code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.analysis.paired import mean_or_nan
+from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
+from orchestrator.io import storage
+from orchestrator.io.atomic import write_json
+from orchestrator.io.paths import absolute
+from orchestrator.sweep.retrain_trials import run_trials
+from search_space import Genotype
+from search_space.sampling import sample_genotypes
+
+ARMS = ("pipeline", "decoded", "random-search", "random")
+ARMS_FILE = "arms.json"
+RANDOM_SEARCH_STREAM, RANDOM_STREAM = 1_000_000, 2_000_000
+"""Sample seeds of the two random arms at search seed s: stream + s (no arm draws what another draws)."""
+
+
+class ArmsError(ValueError):
+    """A study that cannot run as asked (overlapping seeds, a bad count); the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the study runs: the search seeds, the evaluation seeds, the random draws per seed, the arms."""
+
+    search_seeds: tuple[int, ...]
+    eval_seeds: tuple[int, ...]
+    draws: int = 2
+    arms: tuple[str, ...] = ARMS
+
+
+def used_seeds(cfg: ExperimentConfig, search_seed: int) -> set[int]:
+    """Every training seed a search at ``search_seed`` uses to choose: the search's own and the short retrains'."""
+    return {search_seed + j for j in range(max(cfg.selection.seeds, 1))}
+
+
+def check_plan(cfg: ExperimentConfig, plan: Plan) -> None:
+    """Evaluation seeds must be disjoint from every seed used to choose (a lucky initialisation that won a short
+    retrain must not score the winner); arms must be known; counts positive."""
+    unknown = [a for a in plan.arms if a not in ARMS]
+    if unknown:
+        raise ArmsError(f"--arms {','.join(unknown)}: expected some of {', '.join(ARMS)}")
+    if not plan.search_seeds or not plan.eval_seeds or plan.draws < 1:
+        raise ArmsError("expected at least one search seed, one evaluation seed and one random draw per seed")
+    choosing = set().union(*(used_seeds(cfg, s) for s in plan.search_seeds))
+    shared = sorted(choosing & set(plan.eval_seeds))
+    if shared:
+        raise ArmsError(f"evaluation seeds {shared} are also used to choose (search seeds {list(plan.search_seeds)}"
+                        f" with selection.seeds={cfg.selection.seeds}): pick evaluation seeds outside "
+                        f"{sorted(choosing)}, e.g. 100 and up")
+
+
+def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    return with_overrides(cfg, {"runtime.seed": seed}, f"search seed {seed}")
+
+
+def run_pipeline(cfg: ExperimentConfig, seed: int, out: str) -> dict[str, Any]:
+    """The shipped chain at ``seed`` up to its choice (``final/choice.json``, reused when it exists)."""
+    from orchestrator.sweep.chain import CHOICE_FILE, run_experiment
+
+    name = f"pipeline-seed{seed}"
+    exp_dir = storage.join(out, "searches", name)
+    choice_path = storage.join(exp_dir, "final", CHOICE_FILE)
+    if storage.is_file(choice_path):
+        print(f"arms: seed {seed}: the pipeline's choice is there already ({choice_path})", flush=True)
+        return storage.read_json(choice_path)
+    print(f"arms: seed {seed}: the pipeline (sweep, decode, selection)", flush=True)
+    resume = storage.is_dir(exp_dir)
+    result = run_experiment(seed_config(cfg, seed), storage.join(out, "searches"), name, resume=resume,
+                            final_retrain=False)
+    return result["choice"]
+
+
+def random_search_size(cfg: ExperimentConfig, choice: dict[str, Any]) -> int:
+    """K of the random-search arm: the pipeline's candidates plus as many more as its search time buys at the
+    measured cost of one of its short retrains (see the module docstring)."""
+    top_k = max(int(choice.get("candidates") or cfg.selection.top_k), 1)
+    if top_k < 2 or not choice.get("selection_seconds"):
+        return max(top_k, 1) + 1  # no filter measured (top_k 1): one draw more than the pipeline retrains
+    per_candidate = float(choice["selection_seconds"]) / top_k
+    return top_k + max(0, round(float(choice["search_seconds"]) / per_candidate))
+
+
+def run_random_search(cfg: ExperimentConfig, seed: int, k: int, out: str) -> dict[str, Any]:
+    """K uniform genotypes through the selection step's filter at ``seed``; the winner and the table."""
+    from orchestrator.sweep.selection import short_retrain_selection
+
+    space = cfg.search_space
+    genotypes = sample_genotypes(space.layers, space.blocks, k, seed=RANDOM_SEARCH_STREAM + seed)
+    start = time.time()
+    winner, table = short_retrain_selection(seed_config(cfg, seed), [g.to_dict() for g in genotypes],
+                                            storage.join(out, "random-search", f"seed{seed}", "selection"))
+    return {"selected": winner, "candidates": k, "seconds": round(time.time() - start, 1), "table": table}
+
+
+def random_draws(cfg: ExperimentConfig, seed: int, draws: int) -> list[dict[str, Any]]:
+    space = cfg.search_space
+    return [g.to_dict() for g in sample_genotypes(space.layers, space.blocks, draws, seed=RANDOM_STREAM + seed)]
+
+
+def choose_all(cfg: ExperimentConfig, plan: Plan, out: str) -> dict[int, dict[str, Any]]:
+    """Per search seed: each arm's architectures (a list: one, or the random draws) and the stage timings."""
+    chosen: dict[int, dict[str, Any]] = {}
+    for seed in plan.search_seeds:
+        row: dict[str, Any] = {"arms": {}}
+        if {"pipeline", "decoded", "random-search"} & set(plan.arms):
+            start = time.time()
+            choice = run_pipeline(cfg, seed, out)
+            row["pipeline"] = {k: choice.get(k) for k in ("search_seconds", "selection_seconds", "candidates",
+                                                          "best_trial", "checkpoint")}
+            row["pipeline"]["wall_seconds"] = round(time.time() - start, 1)
+            row["arms"]["pipeline"] = [choice["selected"]]
+            row["arms"]["decoded"] = [choice["decoded"]]
+            if "random-search" in plan.arms:
+                k = random_search_size(cfg, choice)
+                searched = run_random_search(cfg, seed, k, out)
+                row["random-search"] = {"candidates": k, "seconds": searched["seconds"]}
+                row["arms"]["random-search"] = [searched["selected"]]
+        if "random" in plan.arms:
+            row["arms"]["random"] = random_draws(cfg, seed, plan.draws)
+        row["arms"] = {arm: genotypes for arm, genotypes in row["arms"].items() if arm in plan.arms}
+        chosen[seed] = row
+    return chosen
+
+
+def evaluate_all(cfg: ExperimentConfig, chosen: dict[int, dict[str, Any]], eval_seeds: tuple[int, ...],
+                 runs: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Full retrains of every distinct chosen genotype at every evaluation seed (test split reported); returns
+    the metrics per (genotype key, evaluation seed)."""
+    distinct: dict[str, dict[str, Any]] = {}
+    for row in chosen.values():
+        for genotypes in row["arms"].values():
+            for g in genotypes:
+                distinct.setdefault(genotype_label(g), g)
+    trials = [{"label": label, "genotype": g, "seed": s} for label, g in distinct.items() for s in eval_seeds]
+    print(f"arms: {len(distinct)} distinct architectures x {len(eval_seeds)} evaluation seeds = {len(trials)} "
+          "full retrains", flush=True)
+    return run_trials(cfg, trials, runs, in_process=cfg.selection.in_process, report=True)
+
+
+def genotype_label(genotype: dict[str, Any]) -> str:
+    from orchestrator.sweep.retrain_trials import genotype_key
+
+    return f"g-{genotype_key(Genotype.from_dict(genotype))}"
+
+
+def supernet_ranking(cfg: ExperimentConfig, chosen: dict[int, dict[str, Any]], rows: list[dict[str, Any]],
+                     out: str) -> list[dict[str, Any]]:
+    """Per search seed: its trained supernet's score of every evaluated architecture (alpha and beta fixed to
+    it) and Kendall's tau against their mean test mIoU: does the supernet rank architectures at all?"""
+    import ray
+
+    from orchestrator.sweep.validation import kendall_tau, score_remote
+
+    distinct = {r["label"]: r for r in rows}
+    genotypes = [r["genotype"] for r in distinct.values()]
+    truth = [mean_or_nan(r["test_miou"]) for r in distinct.values()]
+    threads = max(1, int(cfg.retrain.num_workers * cfg.scaling.cpus_per_worker))
+    out_rows = []
+    for seed, row in chosen.items():
+        checkpoint = (row.get("pipeline") or {}).get("checkpoint")
+        if not checkpoint or not storage.is_dir(checkpoint):
+            continue
+        task = score_remote.options(num_cpus=threads)
+        scores = ray.get(task.remote(checkpoint, config_to_dict(seed_config(cfg, int(seed))), genotypes, threads))
+        out_rows.append({"search_seed": int(seed), "checkpoint": checkpoint, "supernet_miou": scores,
+                         "kendall_tau": kendall_tau(scores, truth)})
+    return out_rows
+
+
+def run_arms(cfg: ExperimentConfig, plan: Plan, out: str, runs: str | None = None,
+             ranking: bool = True) -> dict[str, Any]:
+    """The whole study (module docstring); writes ``<out>/arms.json`` and ``<out>/arms.png`` and returns the
+    result."""
+    from orchestrator.analysis.arms_report import arms_figure, summarize_arms
+    from orchestrator.io.atomic import save_figure
+
+    check_plan(cfg, plan)
+    out = absolute(out)
+    start = time.time()
+    chosen = choose_all(cfg, plan, out)
+    metrics = evaluate_all(cfg, chosen, plan.eval_seeds, runs or storage.join(out, "runs"))
+    result = summarize_arms(chosen, metrics, list(plan.eval_seeds), genotype_label)
+    result["supernet_ranking"] = supernet_ranking(cfg, chosen, result["architectures"], out) if ranking else []
+    result["config"] = config_to_dict(cfg)
+    result["seconds"] = round(time.time() - start, 1)
+    write_json(storage.join(out, ARMS_FILE), result)
+    save_figure(arms_figure(result), storage.join(out, "arms.png"))
+    return result
