@@ -13,7 +13,7 @@ import torch
 
 from search_space.cell_edges import blocks_for_edges, edge_offsets
 from search_space.genotypes import Block
-from search_space.operations import PRIMITIVES
+from search_space.operations import PARAMETER_FREE, PRIMITIVES
 from search_space.trellis import DIRECTIONS, NUM_LEVELS, transition_probs
 
 
@@ -32,6 +32,24 @@ def decode_cell(alpha: torch.Tensor) -> tuple[Block, ...]:
         ranked = sorted(range(inputs), key=lambda j: (-float(strength[j]), j))[:2]
         cell.append(tuple((PRIMITIVES[nonzero[int(best[j])]], j) for j in sorted(ranked)))
     return tuple(cell)
+
+
+def cap_param_free(cell: tuple[Block, ...], alpha: torch.Tensor, cap: int) -> tuple[Block, ...]:
+    """``cell`` with at most ``cap`` parameter-free ops (`PARAMETER_FREE`: pools and skip): the weakest of the
+    others (by softmax weight on their edge) each take the strongest op with weights on the same edge, inputs
+    unchanged. A departure from the paper (P-DARTS and DARTS+ cap skip connections at 2 per cell against DARTS'
+    collapse to parameter-free ops); `decode_cell` alone is the paper's decoding."""
+    weights = torch.softmax(alpha.detach().float().cpu(), dim=-1)
+    offsets = edge_offsets(len(cell))
+    chosen = [(b, i, op, inp) for b, block in enumerate(cell) for i, (op, inp) in enumerate(block)]
+    free = sorted((c for c in chosen if c[2] in PARAMETER_FREE),
+                  key=lambda c: (float(weights[offsets[c[0]] + c[3], PRIMITIVES.index(c[2])]), c[0], c[1]))
+    blocks = [list(block) for block in cell]
+    with_weights = [k for k, name in enumerate(PRIMITIVES) if name != "none" and name not in PARAMETER_FREE]
+    for b, i, _, inp in free[:max(len(free) - cap, 0)]:
+        row = weights[offsets[b] + inp, with_weights]
+        blocks[b][i] = (PRIMITIVES[with_weights[int(row.argmax())]], inp)
+    return tuple(tuple(block) for block in blocks)
 
 
 def decode_path(beta: torch.Tensor) -> tuple[int, ...]:

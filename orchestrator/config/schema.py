@@ -273,6 +273,10 @@ class SelectionConfig:
     # and beta (search_space.sample_tilted_genotypes): uniform over the space where they are flat, concentrated
     # where the search learned a preference. The first candidate is always the one `path` selects.
     candidates: str = setting("decoded", one_of(CANDIDATE_SOURCES))
+    # At most this many parameter-free ops (pools, skip) in the decoded cell: the weakest others take the best op
+    # with weights on their edge (P-DARTS and DARTS+ cap skip connections at 2 against DARTS' collapse). A
+    # departure from the paper; null: the paper's decoding (docs/validation.md measures both)
+    max_param_free: int | None = setting(None, optional(at_least(0)))
     # of the sampled candidates: below 1 sharpens what alpha/beta prefer, above flattens
     temperature: float = setting(1.0, above(0))
     # epochs of a short retrain (ASHA's max_t), with the retrain section's other settings

@@ -23,17 +23,24 @@ from orchestrator.io.atomic import save_figure, write_json, write_text
 from orchestrator.io.numbers import finite_or_none
 from orchestrator.train.supernet_score import load_supernet, read_search_state, select_path
 from search_space import Genotype, decode_cell, decode_path, sample_tilted_genotypes
-from search_space.decoding import top_paths
+from search_space.decoding import cap_param_free, top_paths
 
 FINAL_DIR = "final"
 
 
-def genotype_from_checkpoint(checkpoint_path: str) -> Genotype:
+def decoded_cell(alpha, max_param_free: int | None = None):
+    """The paper's cell decoding, with at most ``max_param_free`` parameter-free ops when set
+    (``selection.max_param_free``, a departure: `search_space.decoding.cap_param_free`)."""
+    cell = decode_cell(alpha)
+    return cell if max_param_free is None else cap_param_free(cell, alpha, max_param_free)
+
+
+def genotype_from_checkpoint(checkpoint_path: str, max_param_free: int | None = None) -> Genotype:
     """Decode alpha and beta stored in a search checkpoint (a local folder or a storage URI), verified by its
-    SHA-256 first: the paper's decoding (``selection.path: viterbi``)."""
+    SHA-256 first: the paper's decoding (``selection.path: viterbi``), the cell capped as `decoded_cell` says."""
     state = read_search_state(checkpoint_path)
     alpha, beta = state["model"]["alpha"], state["model"]["beta"]
-    return Genotype(cell=decode_cell(alpha), path=decode_path(beta))
+    return Genotype(cell=decoded_cell(alpha, max_param_free), path=decode_path(beta))
 
 
 def candidate_genotypes(cfg: ExperimentConfig, checkpoint_path: str, final_dir: str) -> list[Genotype]:
@@ -45,7 +52,7 @@ def candidate_genotypes(cfg: ExperimentConfig, checkpoint_path: str, final_dir: 
     s = cfg.selection
     ranked = _ranked_paths(cfg, checkpoint_path, final_dir)
     model = read_search_state(checkpoint_path)["model"]
-    cell = decode_cell(model["alpha"])
+    cell = decoded_cell(model["alpha"], s.max_param_free)
     if s.candidates == "sampled":
         return sample_tilted_genotypes(model["alpha"], model["beta"], s.top_k, seed=cfg.runtime.seed,
                                        temperature=s.temperature, first=Genotype(cell=cell, path=ranked[0]))

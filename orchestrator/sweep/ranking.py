@@ -23,18 +23,19 @@ from search_space import Genotype
 RANKING_FILE = "trial_ranking.json"
 
 
-def decoded_genotypes(checkpoints: dict[str, str]) -> dict[str, Genotype]:
-    """trial id -> the genotype decoded from its checkpoint's alpha and beta (the paper's decoding)."""
+def decoded_genotypes(checkpoints: dict[str, str], max_param_free: int | None = None) -> dict[str, Genotype]:
+    """trial id -> the genotype decoded from its checkpoint's alpha and beta (the paper's decoding, with
+    ``selection.max_param_free``)."""
     from orchestrator.sweep.final import genotype_from_checkpoint
 
-    return {trial: genotype_from_checkpoint(path) for trial, path in checkpoints.items()}
+    return {trial: genotype_from_checkpoint(path, max_param_free) for trial, path in checkpoints.items()}
 
 
 def rank_trials(cfg: ExperimentConfig, checkpoints: dict[str, str], exp_dir: str) -> list[dict[str, Any]]:
     """Short-retrain each trial's decoded genotype (one retrain per distinct genotype) and return one row per
     trial, best first: trial id, genotype, the short retrain's metrics. Writes ``<exp_dir>/trial_ranking.json``."""
     s = cfg.selection
-    genotypes = decoded_genotypes(checkpoints)
+    genotypes = decoded_genotypes(checkpoints, s.max_param_free)
     distinct = {genotype_key(g): g for g in genotypes.values()}
     short = with_overrides(cfg, {"retrain.epochs": s.short_epochs, "retrain.eval_every": s.short_epochs},
                            "tune.rank_by: architecture")

@@ -1,0 +1,150 @@
+"""The arm study of experiments/validate.py: its statistics (paired differences, bootstrap intervals, the
+yardstick), its plan checks (evaluation seeds disjoint from every seed that chooses) and the equal-compute K of
+random search; the whole study end to end on the smoke config (cluster tier)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms
+from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, yardstick
+from orchestrator.config import config_from_dict
+from orchestrator.sweep.arms import ArmsError, Plan, check_plan, random_draws, random_search_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_paired_difference_is_the_mean_of_seedwise_differences_over_shared_seeds():
+    a, b = {0: 0.30, 1: 0.28, 2: 0.35, 3: math.nan}, {0: 0.25, 1: 0.30, 2: 0.31, 4: 0.9}
+    p = paired_difference(a, b)
+    assert p["seeds"] == [0, 1, 2] and p["n"] == 3 and p["wins"] == 2
+    assert p["mean"] == pytest.approx((0.05 - 0.02 + 0.04) / 3)
+    low, high = p["ci95"]
+    assert min(p["differences"]) <= low <= p["mean"] <= high <= max(p["differences"])
+
+
+def test_the_bootstrap_interval_covers_the_mean_of_a_normal_sample_about_95_percent_of_the_time():
+    rng = random.Random(7)
+    hits = 0
+    for trial in range(200):
+        sample = [rng.gauss(1.0, 1.0) for _ in range(20)]
+        low, high = bootstrap_interval(sample, samples=400, seed=trial)
+        hits += low <= 1.0 <= high
+    assert 0.85 <= hits / 200 <= 0.99
+    assert all(math.isnan(v) for v in bootstrap_interval([0.5]))
+
+
+@pytest.mark.parametrize(("xs", "ys", "expected"), [
+    ([1, 2, 3, 4], [2, 4, 6, 8], 1.0),
+    ([1, 2, 3, 4], [8, 6, 4, 2], -1.0),
+    ([1, 2, 3], [1, 1, 1], math.nan),
+    ([1, 2], [1, 2], math.nan),
+])
+def test_pearson(xs, ys, expected):
+    r = pearson(xs, ys)
+    assert (math.isnan(r) and math.isnan(expected)) or r == pytest.approx(expected)
+
+
+def test_the_yardstick_separates_seed_noise_from_architecture_spread():
+    rows = [[0.30, 0.31], [0.20, 0.21], [0.25, 0.24], [0.35, 0.36]]
+    y = yardstick(rows)
+    assert y["architectures"] == 4 and y["r"] > 0.95
+    assert y["seed_sd"] == pytest.approx(math.sqrt(statistics.fmean(statistics.variance(r) for r in rows)))
+    assert y["between_sd"] == pytest.approx(statistics.stdev([statistics.fmean(r) for r in rows]))
+
+
+def smoke_cfg(**changes):
+    return config_from_dict({"search_space": {"layers": 3, "blocks": 2}, **changes})
+
+
+def test_evaluation_seeds_that_a_search_or_its_short_retrains_used_are_refused():
+    cfg = smoke_cfg(selection={"seeds": 2})
+    check_plan(cfg, Plan((0, 1), (100, 101)))
+    with pytest.raises(ArmsError, match=r"evaluation seeds \[2\] are also used to choose"):
+        check_plan(cfg, Plan((0, 1), (2, 100)))  # search seed 1 short-retrains at seeds 1 and 2
+    with pytest.raises(ArmsError, match="--arms best"):
+        check_plan(cfg, Plan((0,), (100,), arms=("pipeline", "best")))
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ({"candidates": 16, "search_seconds": 160.0, "selection_seconds": 160.0}, 32),
+    ({"candidates": 16, "search_seconds": 0.0, "selection_seconds": 160.0}, 16),
+    ({"candidates": 8, "search_seconds": 45.0, "selection_seconds": 80.0}, 8 + 4),
+    ({"candidates": 1, "search_seconds": 100.0, "selection_seconds": 0.0}, 2),
+])
+def test_random_search_gets_as_many_candidates_as_the_pipelines_time_buys(choice, expected):
+    assert random_search_size(smoke_cfg(), choice) == expected
+
+
+def test_random_draws_differ_between_search_seeds_and_repeat_for_one():
+    cfg = smoke_cfg()
+    assert random_draws(cfg, 3, 2) == random_draws(cfg, 3, 2)
+    assert random_draws(cfg, 3, 2) != random_draws(cfg, 4, 2)
+
+
+def test_summary_scores_each_arm_by_the_mean_over_evaluation_seeds_and_draws():
+    g = {k: {"cell": [], "path": [i]} for i, k in enumerate("pdrxy")}
+    chosen = {0: {"arms": {"pipeline": [g["p"]], "decoded": [g["d"]], "random": [g["x"], g["y"]]}},
+              1: {"arms": {"pipeline": [g["p"]], "decoded": [g["r"]], "random": [g["x"], g["y"]]}}}
+    test = {"p": (0.40, 0.42), "d": (0.30, 0.32), "r": (0.36, 0.34), "x": (0.20, 0.22), "y": (0.30, 0.28)}
+    metrics = {(k, s): {"test_miou": v[i], "val_miou": v[i] + 0.1} for k, v in test.items()
+               for i, s in enumerate((100, 101))}
+
+    def label(genotype):
+        return "pdrxy"[genotype["path"][0]]
+
+    scores = arm_scores(chosen, metrics, [100, 101], label)
+    assert scores["pipeline"] == {0: pytest.approx(0.41), 1: pytest.approx(0.41)}
+    assert scores["random"][0] == pytest.approx(0.25) and scores["decoded"][1] == pytest.approx(0.35)
+    result = summarize_arms(chosen, metrics, [100, 101], label)
+    pair = next(p for p in result["paired_test_miou"] if (p["a"], p["b"]) == ("pipeline", "decoded"))
+    assert pair["mean"] == pytest.approx(((0.41 - 0.31) + (0.41 - 0.35)) / 2) and pair["wins"] == 2
+    assert result["arms"]["pipeline"]["val_miou"] == pytest.approx(0.51)
+    assert result["yardstick"]["random"]["architectures"] == 2
+    text = arms_text(result)
+    assert "| pipeline | 0.410 | 0.510 |" in text and "pipeline - decoded" in text
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path):
+    """validate.py --config on the smoke chain: every arm chooses at two search seeds, every choice is retrained
+    at two evaluation seeds on the test split, and arms.json holds the comparison."""
+    from local_cluster import cluster_env
+
+    out = tmp_path / "arms"
+    cmd = [sys.executable, "experiments/validate.py", "--config", "experiments/configs/smoke.yaml",
+           "--search-seeds", "0,1", "--draws", "1", "--out", str(out), "selection.top_k=2",
+           "selection.candidates=sampled", "runtime.progress_seconds=0"]
+    proc = subprocess.run(cmd, env={**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}, capture_output=True,
+                          text=True, timeout=1500, cwd=ROOT)
+    stdout = proc.stdout
+    assert proc.returncode == 0, stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "arms.json").read_text())
+    assert set(result["arms"]) == {"pipeline", "decoded", "random-search", "random"}
+    assert result["eval_seeds"] == [100, 101] and result["search_seeds"] == [0, 1]
+    assert all(len(r["test_miou"]) == 2 and all(0 <= v <= 1 for v in r["test_miou"])
+               for r in result["architectures"])
+    assert {p["n"] for p in result["paired_test_miou"]} == {2}
+    for seed in (0, 1):
+        choice = json.loads((out / "searches" / f"pipeline-seed{seed}" / "final" / "choice.json").read_text())
+        assert choice["candidates"] == 2 and choice["selection_seconds"] > 0
+        assert result["stages"][str(seed)]["random-search"]["candidates"] >= 2
+    assert len(result["supernet_ranking"]) == 2 and "pipeline - random-search" in stdout
+    assert (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
+    runs = sorted((out / "runs" / "runs").glob("retrain-*"))
+    assert runs and all(r.name.endswith(("seed100", "seed101")) for r in runs)
+
+
+def test_validate_refuses_an_arm_study_without_out(capsys):
+    proc = subprocess.run([sys.executable, "experiments/validate.py", "--config", "experiments/configs/smoke.yaml"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "needs --out" in proc.stderr and "Traceback" not in proc.stderr

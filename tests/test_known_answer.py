@@ -1,0 +1,91 @@
+"""The known-answer variants of the synthetic task (orchestrator/data/known_answer.py): what they generate, the
+retrain check that their right side of the trellis really is right (a small version of
+experiments/studies/known_answer.py), and the study's searches end to end on the smoke config."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.data import load_dataset
+from orchestrator.data.known_answer import CONTEXT_MAJORITY, TASKS
+from orchestrator.data.synthetic_dataset import generate
+from orchestrator.train.known_answer_check import Budget, check_task, verdict
+from search_space.sampling import sample_cell
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("task", ["detail", "context"])
+def test_samples_are_a_function_of_seed_split_and_index_with_the_tasks_classes(task):
+    image, label = generate(0, "train", 3, 64, task)
+    again, label_again = generate(0, "train", 3, 64, task)
+    assert np.array_equal(image, again) and np.array_equal(label, label_again)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert set(np.unique(label)) <= set(range(len(TASKS[task])))
+    assert not np.array_equal(generate(1, "train", 3, 64, task)[0], image)
+    assert load_dataset("synthetic", None, "val", train=False, crop_size=64, task=task, size=2).classes == TASKS[task]
+
+
+def test_detail_objects_are_small_and_every_class_appears():
+    counts = np.zeros(len(TASKS["detail"]))
+    for i in range(8):
+        counts += np.bincount(generate(0, "train", i, 64, "detail")[1].ravel(), minlength=len(counts))
+    assert (counts[1:] > 0).all()
+    assert counts[1:].sum() / counts.sum() < 0.3  # discs, rings and curves are 2-4 px objects
+
+
+def test_context_quadrants_carry_their_family_only_as_a_slight_majority_of_speckles():
+    image, label = generate(0, "train", 0, 64, "context")
+    quadrants = [label[:32, :32], label[:32, 32:], label[32:, :32], label[32:, 32:]]
+    assert all(len(np.unique(q)) == 1 for q in quadrants) and len(np.unique(label)) == 2
+    warmish = image[..., 0].astype(int) - image[..., 2].astype(int) > 100  # warm speckles: red high, blue low
+    coolish = image[..., 2].astype(int) - image[..., 0].astype(int) > 100
+    for q in range(4):
+        rows, cols = divmod(q, 2)
+        window = (slice(32 * rows, 32 * rows + 32), slice(32 * cols, 32 * cols + 32))
+        warm, cool = warmish[window].sum(), coolish[window].sum()
+        share = (warm if label[window][0, 0] == 0 else cool) / max(warm + cool, 1)
+        assert 0.45 < share < CONTEXT_MAJORITY[1] + 0.1  # a weak majority: no pixel alone tells
+
+
+@pytest.mark.parametrize(("task", "path", "right"), [
+    ("detail", (0, 0, 0, 1), True), ("detail", (0, 1, 2, 2), False),
+    ("context", (1, 2, 3, 3), True), ("context", (0, 0, 0, 1), False),
+])
+def test_verdict(task, path, right):
+    assert verdict(task, path) is right
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "epochs"), [("detail", 40), ("context", 20)])
+def test_the_right_side_retrains_better_than_the_wrong_side(task, epochs):
+    """One cell, each path of the check, the supernet's search head: the task's known answer holds."""
+    result = check_task(task, [sample_cell(3, random.Random(1000))], Budget(epochs=epochs, test_images=64))
+    assert result["holds"], result["means"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_known_answer_study_runs_end_to_end_on_the_smoke_config(ray_cluster, tmp_path):
+    from local_cluster import cluster_env
+
+    cmd = [sys.executable, "experiments/studies/known_answer.py", "--config", "experiments/configs/smoke.yaml",
+           "--budget", "2", "--seeds", "0", "--cells", "1", "--check-epochs", "1", "--out", str(tmp_path),
+           "runtime.progress_seconds=0"]
+    proc = subprocess.run(cmd, env={**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}, capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "known_answer.json").read_text())
+    assert set(result["check"]) == {"detail", "context"}
+    for task in ("detail", "context"):
+        run = result["searches"][task]["runs"][0]
+        assert run["arch_steps"] >= 2 and run["right"] == verdict(task, run["path"])
+        record = json.loads(next((tmp_path / "searches" / task).glob("b2-*-seed0/epochs/epoch-0002.json")).read_text())
+        assert record["alpha_grad_norm"] > 0 and record["beta_grad_norm"] > 0
