@@ -1,6 +1,6 @@
 """The experiment config: typed dataclasses, loaded from YAML, validated before anything runs.
 
-Every default carries a comment saying why; where the paper (Liu et al., CVPR 2019, ../shared/PAPER.md) gives a
+Every default carries a comment saying why; where the paper (Liu et al., CVPR 2019; docs/notes/paper.md) gives a
 value, the default is the paper's. A YAML file only needs the keys it changes. Unknown keys are refused with
 the file, the dotted key and the closest valid key named; wrong types and out-of-range values are refused with
 a `ConfigError` naming file, key, value and what was expected.

@@ -1,5 +1,5 @@
 """The on-disk formats: where each split's image/label pairs are, the class names, and the label lookup table
-from stored values to training ids (facts in shared/DATA_FORMATS.md).
+from stored values to training ids (facts in docs/notes/data-formats.md).
 
 - ``cityscapes``: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with ``gtFine/{split}/{city}/
   *_gtFine_labelIds.png``; labelIds -> the 19 trainIds, every other id -> 255.

@@ -1,4 +1,4 @@
-"""Selection that does not trust the supernet alone (SEARCH_VALIDITY.md: weight sharing scrambles rankings):
+"""Selection that does not trust the supernet alone (docs/notes/search-validity.md: weight sharing scrambles rankings):
 the final step's top-k candidates are short-retrained as Tune trials with ASHA on ``selection.metric`` (the
 retrain mIoU, or the training loss: a training-speed estimate, Ru et al. 2021), and the winner gets the full
 retrain (``selection.top_k``, ``selection.short_epochs``, ``selection.seeds``: a candidate ranks by the mean over

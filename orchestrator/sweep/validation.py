@@ -1,5 +1,6 @@
 """Does the search beat chance? The searched genotypes against genotypes drawn uniformly from the same space,
-each retrained at the experiment's retrain budget (SEARCH_VALIDITY.md: Li and Talwalkar 2019; Yu et al. 2020).
+each retrained at the experiment's retrain budget (Li and Talwalkar 2019; Yu et al. 2020; see
+docs/notes/search-validity.md).
 
 The architectures are retrained as Tune trials (`orchestrator.sweep.retrain_trials`): the searched genotypes at several
 seeds, the random ones at fewer, each with the experiment's retrain section. Their runs live in ``<runs>/runs/``
