@@ -1,6 +1,6 @@
 """The config's sections: typed dataclasses, each field with its default, why, and the range rule it must pass.
 
-Every default carries a comment saying why; where the paper (Liu et al., CVPR 2019, ../shared/PAPER.md) gives a
+Every default carries a comment saying why; where the paper (Liu et al., CVPR 2019; docs/notes/paper.md) gives a
 value, the default is the paper's. Rules (`orchestrator.config.rules`) sit on the field they check; the few
 between sections sit on `ExperimentConfig`. Level and rate limits come from `search_space`, not retyped here.
 """
@@ -46,6 +46,8 @@ _CROP = rule(lambda v: v >= RATES[-1], f"at least {RATES[-1]} (the network's lar
 _LR = above(0, "a learning rate > 0")
 _MOMENTUM = rule(lambda v: 0 <= v < 1, "0 <= momentum < 1")
 _DECAY = at_least(0, "a value >= 0")
+_CUSTOM = rule(lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v.values()),
+               "a mapping of resource name to an amount > 0")
 
 
 @dataclass
@@ -137,6 +139,9 @@ class ScalingConfig:
     cpus_per_worker: float = setting(1.0, above(0))  # also the worker's torch thread count (at least 1)
     # used only when use_gpu; one GPU per DDP worker is the usual layout
     gpus_per_worker: float = setting(1.0, above(0))
+    # Custom Ray resources every search worker also requests, e.g. {spot: 1} so that the sweep's workers land on
+    # the node type that offers it (cluster.yaml's spot GPU type); {} asks for none
+    custom_resources: dict = setting({}, _CUSTOM)
     # "auto": gloo on CPU, nccl on GPU; or force "gloo" / "nccl"
     backend: str = setting("auto", one_of(("auto", "gloo", "nccl"), "auto, gloo or nccl"),
                            relation(lambda v, s: s.use_gpu or v != "nccl",
@@ -233,18 +238,20 @@ class TuneConfig:
 
 @dataclass
 class RetrainConfig:
-    epochs: int = setting(100, at_least(1))  # not in PAPER.md (the paper counts iterations); a DeepLab-style budget
+    epochs: int = setting(100, at_least(1))  # not in the paper (it counts iterations); a DeepLab-style budget
     lr: float = setting(0.05, _LR)  # poly learning rate from 0.05 (paper's retraining recipe)
     poly_power: float = setting(0.9, above(0))  # the DeepLab poly exponent
     momentum: float = setting(0.9, _MOMENTUM)  # DeepLab SGD momentum
     weight_decay: float = setting(4e-5, _DECAY)  # DeepLab weight decay for training from scratch
     crop_size: int = setting(769, _CROP)  # the paper's Cityscapes retraining crop (513 for VOC and ADE20K)
-    batch_size: int = setting(8, at_least(1))  # per worker; not in PAPER.md, a common DeepLab setting
+    batch_size: int = setting(8, at_least(1))  # per worker; not in the paper, a common DeepLab setting
     filter_multiplier: int = setting(20, at_least(1))  # Auto-DeepLab-S
     num_workers: int = setting(2, at_least(1))  # DDP workers, as for the search
     # epochs between evaluations of the selection split (val_* metrics), and always the last one; the report
     # split (test_*) is read once, after the last epoch of a full retrain, never by short retrains
     eval_every: int = setting(1, at_least(1))
+    # Custom Ray resources every retrain worker also requests (see scaling.custom_resources); {} asks for none
+    custom_resources: dict = setting({}, _CUSTOM)
     # Merged over data.options / data.val_options for retraining: the search may use half-resolution images
     # (the paper's search) while the retrain uses the full scale range.
     data_options: dict = field(default_factory=dict)

@@ -30,15 +30,9 @@ from orchestrator.data.roles import role_options
 from orchestrator.io import storage
 from orchestrator.io.numbers import finite_or_nan
 from orchestrator.io.paths import absolute
+from orchestrator.train import capacity
 from orchestrator.train.retrain_loop import retrain_fn_per_worker
-from orchestrator.train.trainers import (
-    ResourceError,
-    cluster_capacity,
-    make_retrain_trainer,
-    read_epochs,
-    run_dir,
-    times_fitting,
-)
+from orchestrator.train.trainers import make_retrain_trainer, read_epochs, run_dir
 from orchestrator.train.worker import report_listener
 from search_space import Genotype
 
@@ -108,27 +102,18 @@ def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_pr
 
 def trial_resources(cfg: ExperimentConfig, in_process: bool) -> dict[str, float]:
     """What one trial holds itself: the retrain's compute when in process, else the Tune trial's CPU share."""
-    sc = cfg.scaling
     if not in_process:
         return {"CPU": cfg.tune.trial_cpus}
-    return {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
+    return capacity.worker_bundle(cfg, cfg.retrain.custom_resources)
 
 
-def concurrency(cfg: ExperimentConfig, trial_cpus: float, in_process: bool = False) -> int:
-    """Retrains that fit at once on the cluster; ResourceError when not even one does."""
-    sc = cfg.scaling
-    if in_process:
-        need = trial_resources(cfg, True)
-    else:
-        need = {"CPU": trial_cpus + cfg.retrain.num_workers * sc.cpus_per_worker}
-        if sc.use_gpu:
-            need["GPU"] = cfg.retrain.num_workers * sc.gpus_per_worker
-    have, _ = cluster_capacity()
-    fits = times_fitting(need, have)
-    if fits < 1:
-        raise ResourceError(f"one retrain trial needs {need} (retrain.num_workers x scaling per worker, plus "
-                            f"the trial's {trial_cpus}), the cluster has {dict(have)}; lower retrain.num_workers")
-    return fits
+def concurrency(cfg: ExperimentConfig, in_process: bool = False) -> int:
+    """Retrains that fit at once on the cluster at its largest (`capacity`); ResourceError when none could."""
+    custom = cfg.retrain.custom_resources
+    request = ([capacity.worker_bundle(cfg, custom)] if in_process
+               else capacity.trial_request(cfg, cfg.retrain.num_workers, custom))
+    what = "in process" if in_process else "retrain.num_workers x scaling per worker, plus tune.trial_cpus"
+    return capacity.capacity(request, f"one retrain trial ({what})", "Lower retrain.num_workers")
 
 
 def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, scheduler: Any = None,
@@ -156,7 +141,7 @@ def run_trials(cfg: ExperimentConfig, trials: list[dict[str, Any]], path: str, s
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(metric=metric, mode=SELECTION_METRICS[metric], scheduler=scheduler,
-                                        max_concurrent_trials=concurrency(cfg, cfg.tune.trial_cpus, in_process),
+                                        max_concurrent_trials=concurrency(cfg, in_process),
                                         trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
                                         reuse_actors=in_process),
             run_config=tune.RunConfig(name=name, storage_path=path, verbose=1,

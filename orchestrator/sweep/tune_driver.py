@@ -1,7 +1,7 @@
 """The Ray Tune sweep over the search's outer hyperparameters (warmup epoch, F, architecture learning rate,
 or any config key), with ASHA early stopping on validation mIoU.
 
-Train V2 pattern (RAY_NOTES.md): each trial is a Tune *function* trainable, `search_trial`, that builds and
+Train V2 pattern (docs/notes/ray.md): each trial is a Tune *function* trainable, `search_trial`, that builds and
 fits a `TorchTrainer` running the per-worker search loop; metrics reach Tune through `TuneReportCallback`.
 The trial's Train run is named ``train-<trial_id>`` so a restored sweep resumes each trial's own checkpoints.
 This module knows nothing about the model: it maps config keys to Tune samplers, budgets resources, records
@@ -43,7 +43,8 @@ from orchestrator.io.checkpointing import latest_checkpoint_dir, read_manifest
 from orchestrator.io.numbers import is_finite
 from orchestrator.io.paths import absolute
 from orchestrator.io.records import RECORDS_DIR, write_record
-from orchestrator.train.trainers import ResourceError, cluster_capacity, make_trainer, read_epochs, times_fitting
+from orchestrator.train import capacity
+from orchestrator.train.trainers import make_trainer, read_epochs
 
 
 class SweepError(ValueError):
@@ -73,37 +74,18 @@ def _largest_swept(cfg: ExperimentConfig, key: str, current: float) -> float:
     return max(values) if kind in ("grid", "choice", "uniform", "loguniform") else current
 
 
-def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
-    """What one trial occupies at once: its driver plus its Train workers (Tune does not count the latter)."""
-    workers = _largest_swept(cfg, "scaling.num_workers", cfg.scaling.num_workers)
+def sweep_concurrency(cfg: ExperimentConfig) -> int:
+    """How many trials run at once: as many of the largest trial the sweep can sample (its driver plus its Train
+    workers, whom Tune does not count) as the cluster holds at its largest (`capacity`), capped by
+    ``tune.max_concurrent_trials``; ResourceError when no node could hold one."""
+    workers = int(_largest_swept(cfg, "scaling.num_workers", cfg.scaling.num_workers))
     cpus = _largest_swept(cfg, "scaling.cpus_per_worker", cfg.scaling.cpus_per_worker)
-    need = {"CPU": cfg.tune.trial_cpus + workers * cpus}
-    if cfg.scaling.use_gpu:
-        need["GPU"] = workers * cfg.scaling.gpus_per_worker
-    return need
-
-
-def check_resources(cfg: ExperimentConfig, cluster: dict[str, float], node_cpus: list[float]) -> int:
-    """How many trials run at once; raises ResourceError when not even one trial's resources fit.
-
-    Args:
-        cfg: the experiment config.
-        cluster: total resources of the cluster (``ray.cluster_resources()``).
-        node_cpus: CPUs of each alive node: a single worker must fit on one node.
-    """
-    need = trial_resources(cfg)
-    per_worker = _largest_swept(cfg, "scaling.cpus_per_worker", cfg.scaling.cpus_per_worker)
-    fits = times_fitting(need, cluster)
-    biggest_node = max(node_cpus, default=0.0)
-    if fits < 1 or per_worker > biggest_node:
-        have = ", ".join(f"{k}={cluster.get(k, 0.0):g}" for k in need)
-        want = ", ".join(f"{k}={v:g}" for k, v in need.items())
-        raise ResourceError(
-            f"one trial needs {want} (tune.trial_cpus={cfg.tune.trial_cpus:g} + scaling.num_workers x "
-            f"scaling.cpus_per_worker{' and GPUs per worker' if cfg.scaling.use_gpu else ''}; each worker on one "
-            f"node, largest node has CPU={biggest_node:g}), but the cluster has {have}. Lower scaling.num_workers "
-            "or scaling.cpus_per_worker, set scaling.use_gpu=false, or add nodes; Ray would otherwise wait forever."
-        )
+    widest = with_overrides(cfg, {"scaling.cpus_per_worker": cpus}, "the sweep's largest trial")
+    request = capacity.trial_request(widest, workers, cfg.scaling.custom_resources)
+    advice = ("Lower scaling.num_workers or scaling.cpus_per_worker" + (", set scaling.use_gpu=false"
+              if cfg.scaling.use_gpu else "") + ", or add nodes (or node types that offer these resources)")
+    fits = capacity.capacity(request, f"one trial (tune.trial_cpus={cfg.tune.trial_cpus:g} + {workers} workers of "
+                             f"scaling.cpus_per_worker={cpus:g})", advice)
     limit = cfg.tune.max_concurrent_trials
     return min(fits, limit) if limit > 0 else fits
 
@@ -266,7 +248,7 @@ def write_sweep_file(cfg: ExperimentConfig, path: str, concurrency: int, status:
 def run_sweep(cfg: ExperimentConfig, storage_path: str, name: str, resume: bool = False) -> tune.ResultGrid:
     """Run (or with ``resume``, continue) the sweep; returns Tune's ResultGrid."""
     storage_path = absolute(storage_path)
-    concurrency = check_resources(cfg, *cluster_capacity())
+    concurrency = sweep_concurrency(cfg)
     path = experiment_dir(storage_path, name)
     resume = check_sweep_state(cfg, path, resume)
     write_sweep_file(cfg, path, concurrency, "running")

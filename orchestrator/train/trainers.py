@@ -1,6 +1,7 @@
 """The Ray Train runs: `make_trainer` builds a search's `TorchTrainer` (the Tune driver uses it per trial),
 `run_single_search` fits one on the current cluster with the config's scaling, no Tune; `make_retrain_trainer`
-and `run_retrain` do the same for the retrain of a genotype; `check_resources` refuses what cannot be placed.
+and `run_retrain` do the same for the retrain of a genotype; `check_resources` refuses what no node could hold
+(`orchestrator.train.capacity`).
 
 A run lives in ``<storage_path>/<name>/``: Ray's ``checkpoint_epoch<k>/`` folders and
 ``checkpoint_manager_snapshot.json``, the resolved ``config.yaml``, ``tensorboard/`` and ``epochs/`` (one JSON
@@ -30,14 +31,12 @@ from orchestrator.io import checkpointing as ckpt
 from orchestrator.io import storage
 from orchestrator.io.checkpointing import CheckpointError, latest_checkpoint_dir
 from orchestrator.io.paths import absolute, is_remote
+from orchestrator.train import capacity
+from orchestrator.train.capacity import ResourceError as ResourceError  # where the entry points look for it
 from orchestrator.train.retrain_loop import retrain_fn_per_worker
 from orchestrator.train.search_loop import train_fn_per_worker
 from orchestrator.train.worker import EPOCHS_DIR
 from search_space import Genotype
-
-
-class ResourceError(RuntimeError):
-    """The config's workers cannot be placed on this cluster; raised before Ray would wait forever."""
 
 
 class DivergedError(RuntimeError):
@@ -82,38 +81,23 @@ def read_epochs(directory: str | os.PathLike) -> list[dict[str, Any]]:
     return [storage.read_json(f) for f in storage.glob(storage.join(directory, EPOCHS_DIR), "epoch-*.json")]
 
 
-def cluster_capacity() -> tuple[dict[str, float], list[float]]:
-    """The current cluster's total resources and the CPUs of each alive node (a worker must fit on one node)."""
-    return ray.cluster_resources(), [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-
-
-def times_fitting(need: dict[str, float], have: dict[str, float]) -> int:
-    """How many copies of ``need`` the totals ``have`` hold at once (0: not even one)."""
-    return min((int(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0), default=0)
-
-
 def check_resources(cfg: ExperimentConfig, num_workers: int | None = None,
-                    workers_key: str = "scaling.num_workers") -> None:
-    """Fail fast when the cluster has fewer CPUs/GPUs than the workers ask for, or no node can hold one worker
-    (RAY_NOTES: otherwise Ray waits for the placement, times out, and retries without end).
+                    workers_key: str = "scaling.num_workers", custom: dict | None = None) -> None:
+    """Fail fast when no node the cluster has or can get could hold the run's workers (`capacity`).
 
     Args:
         cfg: the config; ``scaling`` gives the resources per worker.
         num_workers: defaults to ``scaling.num_workers``; the retrain passes ``retrain.num_workers``.
         workers_key: the config key ``num_workers`` came from, for the message.
+        custom: custom resources per worker; defaults to ``scaling.custom_resources``.
     """
     sc = cfg.scaling
     n = sc.num_workers if num_workers is None else num_workers
-    have, node_cpus = cluster_capacity()
-    need = {"CPU": n * sc.cpus_per_worker, **({"GPU": n * sc.gpus_per_worker} if sc.use_gpu else {})}
-    biggest = max(node_cpus, default=0.0)
-    if times_fitting(need, have) < 1 or sc.cpus_per_worker > biggest + 1e-9:
-        raise ResourceError(
-            f"the run needs {need} for {workers_key}={n} workers of scaling.cpus_per_worker="
-            f"{sc.cpus_per_worker:g} CPUs each (each worker on one node; the largest node has CPU={biggest:g}), "
-            f"but the Ray cluster has { {k: have.get(k, 0.0) for k in need} }. Lower {workers_key} or "
-            "scaling.cpus_per_worker" + (", set scaling.use_gpu=false" if sc.use_gpu else "") + ", or add nodes."
-        )
+    custom = sc.custom_resources if custom is None else custom
+    advice = (f"Lower {workers_key} or scaling.cpus_per_worker" + (", set scaling.use_gpu=false" if sc.use_gpu else "")
+              + ", or add nodes (or node types that offer these resources)")
+    capacity.capacity(capacity.run_request(cfg, n, custom),
+                      f"the run of {workers_key}={n} workers of scaling.cpus_per_worker={sc.cpus_per_worker:g}", advice)
 
 
 def make_trainer(cfg: ExperimentConfig, storage_path: str, name: str, *, callbacks: list[Any] | None = None,
@@ -134,7 +118,7 @@ def make_trainer(cfg: ExperimentConfig, storage_path: str, name: str, *, callbac
     save_config(cfg, storage.join(directory, "config.yaml"))
     loop_config = {"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch, "run_dir": directory}
     return torch_trainer(train_fn_per_worker, loop_config, cfg, (storage_path, name), cfg.scaling.num_workers,
-                         callbacks)
+                         callbacks, cfg.scaling.custom_resources)
 
 
 WORKER_START_TIMEOUT_S = "600"
@@ -143,13 +127,13 @@ machine or a cluster that is still scaling up). The resource checks have already
 
 
 def torch_trainer(loop_fn: Any, loop_config: dict[str, Any], cfg: ExperimentConfig, where: tuple[str, str],
-                  num_workers: int, callbacks: list[Any] | None = None) -> TorchTrainer:
+                  num_workers: int, callbacks: list[Any] | None = None, custom: dict | None = None) -> TorchTrainer:
     """A `TorchTrainer` running ``loop_fn`` in the run folder ``where = (storage_path, name)`` (Ray joins the
     name onto a URI's path itself) with the config's scaling (backend, resources per worker), checkpoint and
     failure policy; shared by the search and the retrain."""
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
     sc = cfg.scaling
-    resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
+    resources = capacity.worker_bundle(cfg, custom)
     backend = sc.backend if sc.backend != "auto" else ("nccl" if sc.use_gpu else "gloo")
     return TorchTrainer(
         loop_fn,
@@ -201,7 +185,7 @@ def make_retrain_trainer(cfg: ExperimentConfig, genotype: Genotype, storage_path
     loop_config = {"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
                    "run_dir": run_dir(storage_path, name), "report": report}
     return torch_trainer(retrain_fn_per_worker, loop_config, cfg, (storage_path, name), cfg.retrain.num_workers,
-                         callbacks)
+                         callbacks, cfg.retrain.custom_resources)
 
 
 def run_retrain(cfg: ExperimentConfig, genotype: Genotype, storage_path: str, name: str = "retrain"):
