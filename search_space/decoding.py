@@ -54,16 +54,20 @@ def cap_param_free(cell: tuple[Block, ...], alpha: torch.Tensor, cap: int) -> tu
 
 def decode_path(beta: torch.Tensor) -> tuple[int, ...]:
     """Viterbi: the level sequence (layers 1..L) with the highest product of transition probabilities."""
-    probs = transition_probs(beta.detach().float().cpu()).double()
-    log_p = torch.log(probs)  # -inf for impossible edges
+    return _viterbi(torch.log(transition_probs(beta.detach().float().cpu()).double()))
+
+
+def _viterbi(log_p: torch.Tensor) -> tuple[int, ...]:
+    """The path from level 0 with the largest sum of ``log_p[layer, source level, direction]`` (-inf: no edge);
+    ties go to the lower source level, then (at the end) the lower level."""
     score = torch.full((NUM_LEVELS,), float("-inf"), dtype=torch.float64)
     score[0] = 0.0
     back = []
-    for layer in range(probs.shape[0]):
+    for layer in range(log_p.shape[0]):
         new = torch.full((NUM_LEVELS,), float("-inf"), dtype=torch.float64)
         arg = [0] * NUM_LEVELS
         for level in range(NUM_LEVELS):
-            for d, step in enumerate(DIRECTIONS):
+            for d, step in sorted(enumerate(DIRECTIONS), key=lambda e: -e[1]):  # the lower source first on ties
                 src = level - step
                 if 0 <= src < NUM_LEVELS:
                     cand = score[src] + log_p[layer, src, d]
@@ -77,6 +81,26 @@ def decode_path(beta: torch.Tensor) -> tuple[int, ...]:
         level = arg[level]
         path.append(level)
     return tuple(reversed(path))
+
+
+def centred_logits(beta: torch.Tensor) -> torch.Tensor:
+    """beta minus, per node, the mean over its legal outgoing edges: ``[L, 4, 3]``, -inf on illegal edges. The
+    softmax of a node's row is unchanged by the shift, but a sum of these along a path has no preference for the
+    levels with two outgoing edges (rates 4 and 32), which the log transition probabilities have when beta is
+    flat (each of their edges starts at log 1/2, the other levels' at log 1/3)."""
+    logits = beta.detach().float().cpu().double()
+    out = torch.full_like(logits, float("-inf"))
+    for level in range(NUM_LEVELS):
+        legal = [d for d, step in enumerate(DIRECTIONS) if 0 <= level + step < NUM_LEVELS]
+        row = logits[:, level, legal]
+        out[:, level, legal] = row - row.mean(dim=-1, keepdim=True)
+    return out
+
+
+def decode_path_centred(beta: torch.Tensor) -> tuple[int, ...]:
+    """The path with the largest sum of `centred_logits`: Viterbi without the prior of per-node normalisation
+    (``selection.path: centred``, a departure from the paper). Ties go to the lower levels."""
+    return _viterbi(centred_logits(beta))
 
 
 def top_paths(beta: torch.Tensor, n: int) -> list[tuple[tuple[int, ...], float]]:

@@ -47,3 +47,29 @@ def test_a_cell_under_the_cap_is_left_as_decoded():
     alpha = torch.zeros(9, len(PRIMITIVES))
     alpha[:, PRIMITIVES.index("sep_conv_3x3")] = 1.0
     assert cap_param_free(decode_cell(alpha), alpha, 0) == decode_cell(alpha)
+
+
+def test_the_centred_path_follows_a_weak_preference_that_viterbis_prior_hides():
+    from search_space.decoding import decode_path, decode_path_centred
+
+    beta = torch.zeros(4, 4, 3)
+    beta[:, :, 2] = 0.2  # every node leans a little towards the next coarser rate
+    assert max(decode_path(beta)) <= 1  # log 1/2 at rate 4 against log 1/3 elsewhere: the prior wins
+    assert decode_path_centred(beta)[:3] == (1, 2, 3)
+    assert decode_path_centred(torch.zeros(4, 4, 3)) == (0, 0, 0, 0)  # no preference at all: ties go low
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_centred_path_and_viterbi_agree_once_beta_is_sharp(seed):
+    import random
+
+    from search_space.decoding import decode_path, decode_path_centred
+    from search_space.sampling import sample_path
+
+    path = sample_path(6, random.Random(seed))
+    beta = torch.zeros(6, 4, 3)
+    prev = 0
+    for layer, level in enumerate(path):
+        beta[layer, prev, level - prev + 1] = 5.0  # direction index: -1 -> 0, 0 -> 1, +1 -> 2
+        prev = level
+    assert decode_path(beta) == decode_path_centred(beta) == path

@@ -35,7 +35,7 @@ SEARCH_SPACE_KEYS = ("layers", "blocks", "filter_multiplier", "ops", "stem_chann
 SEARCH_SPACE_KEY_DEFAULTS = {"head": "aspp"}
 """What a checkpoint made before a search-space key existed had, for that key."""
 
-PATH_SELECTIONS = ("viterbi", "supernet")
+PATH_SELECTIONS = ("viterbi", "centred", "supernet")
 CANDIDATE_SOURCES = ("decoded", "sampled")
 # what a short retrain is ranked by, and which way is better
 SELECTION_METRICS = {"val_miou": "max", "val_loss": "min", "train_loss": "min"}
@@ -261,7 +261,9 @@ class RetrainConfig:
 @dataclass
 class SelectionConfig:
     # How the final step picks the architecture from the best trial's alpha and beta. "viterbi": the paper's
-    # decoding, the most probable path under beta. "supernet": the decoded cell on each of the path_candidates
+    # decoding, the most probable path under beta. "centred" (a departure): the path with the largest sum of beta
+    # logits centred per node, which drops Viterbi's preference for rates 4 and 32 (two outgoing edges each) when
+    # beta is near flat (search_space/decoding.py). "supernet": the decoded cell on each of the path_candidates
     # most probable paths, scored by the trained supernet with alpha and beta fixed to it (orchestrator/
     # supernet_score.py) on the validation set; candidates rank by that score.
     path: str = setting("viterbi", one_of(PATH_SELECTIONS))

@@ -23,7 +23,7 @@ from orchestrator.io.atomic import save_figure, write_json, write_text
 from orchestrator.io.numbers import finite_or_none
 from orchestrator.train.supernet_score import load_supernet, read_search_state, select_path
 from search_space import Genotype, decode_cell, decode_path, sample_tilted_genotypes
-from search_space.decoding import cap_param_free, top_paths
+from search_space.decoding import cap_param_free, decode_path_centred, top_paths
 
 FINAL_DIR = "final"
 
@@ -35,12 +35,18 @@ def decoded_cell(alpha, max_param_free: int | None = None):
     return cell if max_param_free is None else cap_param_free(cell, alpha, max_param_free)
 
 
-def genotype_from_checkpoint(checkpoint_path: str, max_param_free: int | None = None) -> Genotype:
+BETA_DECODINGS = {"viterbi": decode_path, "centred": decode_path_centred}
+"""``selection.path`` values that decode beta alone: the paper's Viterbi, or the sum of centred logits."""
+
+
+def genotype_from_checkpoint(checkpoint_path: str, max_param_free: int | None = None,
+                             path: str = "viterbi") -> Genotype:
     """Decode alpha and beta stored in a search checkpoint (a local folder or a storage URI), verified by its
-    SHA-256 first: the paper's decoding (``selection.path: viterbi``), the cell capped as `decoded_cell` says."""
+    SHA-256 first: the paper's decoding (``selection.path: viterbi``, or ``centred``), the cell capped as
+    `decoded_cell` says."""
     state = read_search_state(checkpoint_path)
     alpha, beta = state["model"]["alpha"], state["model"]["beta"]
-    return Genotype(cell=decoded_cell(alpha, max_param_free), path=decode_path(beta))
+    return Genotype(cell=decoded_cell(alpha, max_param_free), path=BETA_DECODINGS[path](beta))
 
 
 def candidate_genotypes(cfg: ExperimentConfig, checkpoint_path: str, final_dir: str) -> list[Genotype]:
@@ -62,9 +68,10 @@ def candidate_genotypes(cfg: ExperimentConfig, checkpoint_path: str, final_dir: 
 def _ranked_paths(cfg: ExperimentConfig, checkpoint_path: str, final_dir: str) -> list[tuple[int, ...]]:
     """Paths best first: by beta (Viterbi, then the k-best) or by the trained supernet's score."""
     s = cfg.selection
-    if s.path == "viterbi":
+    if s.path in BETA_DECODINGS:
         beta = read_search_state(checkpoint_path)["model"]["beta"]
-        return [decode_path(beta)] + [p for p, _ in top_paths(beta, s.top_k) if p != decode_path(beta)]
+        first = BETA_DECODINGS[s.path](beta)
+        return [first] + [p for p, _ in top_paths(beta, s.top_k) if p != first]
     trained = load_supernet(checkpoint_path, cfg)
     threads = max(1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))
     genotype, rows = select_path(trained, threads)

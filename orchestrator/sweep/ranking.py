@@ -23,19 +23,21 @@ from search_space import Genotype
 RANKING_FILE = "trial_ranking.json"
 
 
-def decoded_genotypes(checkpoints: dict[str, str], max_param_free: int | None = None) -> dict[str, Genotype]:
+def decoded_genotypes(checkpoints: dict[str, str], max_param_free: int | None = None,
+                      path: str = "viterbi") -> dict[str, Genotype]:
     """trial id -> the genotype decoded from its checkpoint's alpha and beta (the paper's decoding, with
-    ``selection.max_param_free``)."""
-    from orchestrator.sweep.final import genotype_from_checkpoint
+    ``selection.max_param_free``; ``selection.path: supernet`` ranks by beta's Viterbi here)."""
+    from orchestrator.sweep.final import BETA_DECODINGS, genotype_from_checkpoint
 
-    return {trial: genotype_from_checkpoint(path, max_param_free) for trial, path in checkpoints.items()}
+    path = path if path in BETA_DECODINGS else "viterbi"
+    return {trial: genotype_from_checkpoint(p, max_param_free, path) for trial, p in checkpoints.items()}
 
 
 def rank_trials(cfg: ExperimentConfig, checkpoints: dict[str, str], exp_dir: str) -> list[dict[str, Any]]:
     """Short-retrain each trial's decoded genotype (one retrain per distinct genotype) and return one row per
     trial, best first: trial id, genotype, the short retrain's metrics. Writes ``<exp_dir>/trial_ranking.json``."""
     s = cfg.selection
-    genotypes = decoded_genotypes(checkpoints, s.max_param_free)
+    genotypes = decoded_genotypes(checkpoints, s.max_param_free, s.path)
     distinct = {genotype_key(g): g for g in genotypes.values()}
     short = with_overrides(cfg, {"retrain.epochs": s.short_epochs, "retrain.eval_every": s.short_epochs},
                            "tune.rank_by: architecture")
