@@ -1,13 +1,13 @@
 """Shared fixtures: one Ray cluster for the whole test session, and a tiny search config.
 
-Ray start-up costs 6-11 s per node and a TorchTrainer ~20 s more (RAY_NOTES.md), so every test that needs Ray
+Ray start-up costs 6-11 s per node and a TorchTrainer ~20 s more (docs/notes/ray.md), so every test that needs Ray
 shares `ray_cluster` (a real three-node cluster) and `ray_session` (this process connected to it). Token auth is
 disabled before Ray is imported, so the tests write nothing to ``~/.ray``.
 
 A test that uses one of the Ray fixtures is marked ``cluster`` automatically. The fast run (``make test-fast``,
 ``-m "not slow and not cluster"``) sets ``ADL_TESTS_NO_RAY=1``: Ray's temporary folder then points into a folder
 of this session, for this process and every process it starts, and the run fails at its end if any Ray was
-started there (a test that needs Ray without being marked so).
+started there (a test that needs Ray without being marked so; `ray_sessions`, tested in tests/test_no_ray_guard.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
+
+pytest_plugins = ["pytester"]  # for tests/test_no_ray_guard.py; pytest allows this in a top-level conftest only
 
 NO_RAY = os.environ.get("ADL_TESTS_NO_RAY") == "1"
 RAY_FIXTURES = {"ray_cluster", "ray_session", "smoke_experiment", "straight_search"}
@@ -38,14 +40,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.cluster)
 
 
+def ray_sessions(ray_tmpdir: str | os.PathLike) -> list[str]:
+    """The Ray session folders under ``ray_tmpdir`` (a ``RAY_TMPDIR``), relative to it; [] when Ray never started.
+
+    Ray starts each instance in ``$RAY_TMPDIR/ray/session_<date>_<pid>`` (``ray._common.utils.
+    get_default_ray_temp_dir`` appends ``ray``; ``Node`` joins the session name onto that). ``session_*`` right in
+    ``ray_tmpdir`` counts too: that is where one lands when ``--temp-dir`` is pointed at the folder itself.
+    """
+    from pathlib import Path
+
+    root = Path(ray_tmpdir)
+    found = [p for pattern in ("session_*", "ray/session_*") for p in root.glob(pattern)]
+    return sorted(p.relative_to(root).as_posix() for p in found)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In the no-Ray run: fail when anything started a Ray (its session folder appears in our RAY_TMPDIR)."""
     if not NO_RAY:
         return
     import shutil
-    from pathlib import Path
 
-    started = sorted(p.name for p in Path(_NO_RAY_DIR).glob("session_*"))
+    started = ray_sessions(_NO_RAY_DIR)
     shutil.rmtree(_NO_RAY_DIR, ignore_errors=True)
     if started:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -111,6 +126,19 @@ def smoke_experiment(ray_cluster, tmp_path_factory):
            "--storage-path", str(storage), "--name", "smoke-e2e"]
     proc = subprocess.run(cmd, env=ray_cluster.env, capture_output=True, text=True, timeout=1200, cwd=root)
     return proc, storage / "smoke-e2e"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread while a module's tests run (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a
+    busy 2-core machine two threads spin-wait each other and a tiny forward/backward takes 16 s instead of 0.3 s
+    (the Train workers use scaling.cpus_per_worker = 1); tiny tensors gain nothing from threads anyway."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """A real multi-node Ray cluster on this machine, started with ``ray start`` and stopped by process id.
 
-Each node gets its own temp dir (RAY_NOTES.md: a shared one lets one node's runtime-env cleanup delete the
+Each node gets its own temp dir (docs/notes/ray.md: a shared one lets one node's runtime-env cleanup delete the
 other's job folder). Every process is found through its temp dir on its command line (plus descendants) and
 ended by pid: ``ray stop`` would end every Ray on the machine, including ones this test did not start.
 Auth is disabled through the environment, so nothing is written to ``~/.ray``; the dashboard and job server
@@ -14,20 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from helpers import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cluster_env() -> dict[str, str]:

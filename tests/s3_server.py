@@ -1,5 +1,5 @@
 """A real S3-protocol server for the tests: moto's server mode (``python -m moto.server``) on 127.0.0.1 with a free
-port, dummy credentials and one bucket, stopped by its process id (RAY_NOTES.md, "S3 on this machine").
+port, dummy credentials and one bucket, stopped by its process id (docs/notes/ray.md, "S3 without AWS").
 
 pyarrow (and so Ray and `orchestrator.io.storage`) reaches it in two ways: the endpoint in the URI's query
 (`S3Server.uri`: ``s3://bucket/prefix?endpoint_override=127.0.0.1:PORT&scheme=http``), or a plain
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,16 +17,12 @@ import time
 import urllib.error
 import urllib.request
 
+from helpers import free_port
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 """Dummy credentials, a region (no region lookup) and no EC2 metadata probe (which would wait for a timeout)."""
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:

@@ -8,9 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +15,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers import PNG, run_module, summary_values
 
 from orchestrator.analysis.cli import analyze, main
 from orchestrator.analysis.leaderboard import format_table, leaderboard_row, leaderboard_text, rank_rows, trial_status
@@ -26,14 +24,6 @@ from orchestrator.analysis.report import selection_lines
 from orchestrator.analysis.state import STALE_FLOOR_S
 from orchestrator.analysis.trials import rank_trials
 from orchestrator.io.records import write_record
-
-ROOT = Path(__file__).resolve().parents[1]
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.analyze", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
 
 
 def copy_experiment(src: Path, dest: Path, status: str | None = None, updated: float | None = None) -> Path:
@@ -45,19 +35,6 @@ def copy_experiment(src: Path, dest: Path, status: str | None = None, updated: f
         (dest / "sweep.json").write_text(json.dumps(sweep))
         shutil.rmtree(dest / "final", ignore_errors=True)
     return dest
-
-
-def tfevents(path: Path):
-    """Summary values of a TensorBoard event file (TFRecord framing: length, crc, payload, crc)."""
-    from tensorboardX.proto import event_pb2
-
-    data, i = path.read_bytes(), 0
-    while i < len(data):
-        (n,) = struct.unpack("<Q", data[i:i + 8])
-        event = event_pb2.Event()
-        event.ParseFromString(data[i + 12:i + 12 + n])
-        i += n + 16
-        yield from event.summary.value
 
 
 # ------------------------------------------------------------------------------------- no cluster needed
@@ -202,7 +179,7 @@ def cli(experiment, tmp_path_factory):
     """One CLI run: the finished experiment compared with a running copy of it."""
     running = copy_experiment(experiment, experiment.parent / "running", status="running", updated=time.time())
     out = tmp_path_factory.mktemp("analysis-out")
-    proc = run_cli(str(experiment), "--compare", str(running), "--out", str(out))
+    proc = run_module("orchestrator.analyze", str(experiment), "--compare", str(running), "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     return proc, out
@@ -299,7 +276,7 @@ def test_hparams_view_lists_each_trial_against_its_final_metrics(experiment, cli
     logdir = experiment / "tensorboard" / "hparams"
     assert sorted(p.name for p in logdir.iterdir()) == sorted(rows)
     for trial_id, row in rows.items():
-        values = [v for f in (logdir / trial_id).glob("events.out.tfevents.*") for v in tfevents(f)]
+        values = [v for f in (logdir / trial_id).glob("events.out.tfevents.*") for v in summary_values(f)]
         start = next(v for v in values if v.tag == "_hparams_/session_start_info")
         data = plugin_hparams_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content)
         hparams = data.session_start_info.hparams
@@ -307,7 +284,7 @@ def test_hparams_view_lists_each_trial_against_its_final_metrics(experiment, cli
         assert {k[len("config/"):] for k in row if k.startswith("config/")} <= set(hparams)
         final = next(v.simple_value for v in values if v.tag == "final/val_miou")
         assert final == pytest.approx(float(row["final_val_miou"]), rel=1e-5)
-    tune_tags = {v.tag for f in experiment.glob("trial-*/events.out.tfevents.*") for v in tfevents(f)}
+    tune_tags = {v.tag for f in experiment.glob("trial-*/events.out.tfevents.*") for v in summary_values(f)}
     assert "_hparams_/session_start_info" in tune_tags  # Tune's own view: last reported metrics of ended trials
 
 

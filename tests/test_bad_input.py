@@ -10,7 +10,6 @@ checkpoints, sweeps) use the session's, and stop before any worker starts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -20,26 +19,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import ROOT, run_cli_captured
 from local_cluster import cluster_env
 
 from orchestrator.config import config_hash, load_config, with_overrides
 from orchestrator.io import checkpointing as ckpt
 from search_space import AUTODEEPLAB
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(script: str, args: list[str], capsys) -> tuple[int, str]:
-    """``experiments/<script>.py`` in this process: (exit status, stderr with line wrapping undone)."""
-    spec = importlib.util.spec_from_file_location(f"{script}_cli", ROOT / "experiments" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    capsys.readouterr()
-    try:
-        code = module.main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, " ".join(capsys.readouterr().err.split())
 
 
 @pytest.fixture
@@ -73,14 +58,14 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
     ("retrain.crop_size=8", ["retrain.crop_size = 8", "at least 32"]),
 ])
 def test_bad_config_values_are_refused_by_the_search_cli(override, fragments, tiny_yaml: Path, capsys):
-    code, err = run_cli("search", ["--config", str(tiny_yaml), "--no-tune", override], capsys)
+    code, _, err = run_cli_captured("search", ["--config", str(tiny_yaml), "--no-tune", override], capsys)
     assert_user_error(code, err, str(tiny_yaml), *fragments)
 
 
 def test_a_bad_value_in_the_file_names_the_file(tiny_settings, tmp_path: Path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**tiny_settings, "search_space": {"filter_multiplier": -2}}))
-    code, err = run_cli("search", ["--config", str(path)], capsys)
+    code, _, err = run_cli_captured("search", ["--config", str(path)], capsys)
     assert_user_error(code, err, f"{path}: search_space.filter_multiplier = -2: expected an integer >= 1")
 
 
@@ -91,9 +76,11 @@ def test_a_bad_value_in_the_file_names_the_file(tiny_settings, tmp_path: Path, c
 def test_unreadable_config_files_are_refused(text, fragment, tmp_path: Path, capsys):
     path = tmp_path / "broken.yaml"
     path.write_text(text)
-    assert_user_error(*run_cli("search", ["--config", str(path)], capsys), str(path), fragment)
+    code, _, err = run_cli_captured("search", ["--config", str(path)], capsys)
+    assert_user_error(code, err, str(path), fragment)
     missing = tmp_path / "missing.yaml"
-    assert_user_error(*run_cli("search", ["--config", str(missing)], capsys), f"cannot read config file {missing}")
+    code, _, err = run_cli_captured("search", ["--config", str(missing)], capsys)
+    assert_user_error(code, err, f"cannot read config file {missing}")
 
 
 def test_a_user_error_in_a_real_process_has_no_traceback(tiny_yaml: Path):
@@ -137,13 +124,13 @@ def test_bad_datasets_are_refused_before_anything_starts(case, tiny_yaml: Path, 
         folder_dataset(root, masks=case == "bad label", mask_value=9)
     if case in ("missing root", "image without label", "bad label"):
         overrides = ["data.dataset=folder", "data.options={}", "data.val_options={}", *overrides]
-    code, err = run_cli("search", ["--config", str(tiny_yaml), "--no-tune", *overrides], capsys)
+    code, _, err = run_cli_captured("search", ["--config", str(tiny_yaml), "--no-tune", *overrides], capsys)
     assert_user_error(code, err, *fragments)
 
 
 def test_a_dataset_too_small_for_the_retrain_batch_is_refused(tiny_yaml: Path, capsys):
-    code, err = run_cli("retrain", ["--arch", "autodeeplab-S", "--config", str(tiny_yaml), "retrain.batch_size=16"],
-                        capsys)
+    code, _, err = run_cli_captured("retrain", ["--arch", "autodeeplab-S", "--config", str(tiny_yaml),
+                                                "retrain.batch_size=16"], capsys)
     assert_user_error(code, err, "16 images", "retrain.batch_size (16) x retrain.num_workers (2)")
 
 
@@ -167,18 +154,18 @@ def test_bad_genotype_files_are_refused_by_the_retrain_cli(change, fragments, ti
                                                           capsys):
     path = tmp_path / "genotype.json"
     path.write_text(json.dumps({**GOOD, **change}))
-    code, err = run_cli("retrain", ["--genotype", str(path), "--config", str(tiny_yaml)], capsys)
+    code, _, err = run_cli_captured("retrain", ["--genotype", str(path), "--config", str(tiny_yaml)], capsys)
     assert_user_error(code, err, str(path), *fragments)
 
 
 def test_unreadable_genotype_files_are_refused(tiny_yaml: Path, tmp_path: Path, capsys):
     broken = tmp_path / "broken.json"
     broken.write_text('{"cell": [')
-    assert_user_error(*run_cli("retrain", ["--genotype", str(broken), "--config", str(tiny_yaml)], capsys),
-                      f"{broken}: not valid JSON")
+    code, _, err = run_cli_captured("retrain", ["--genotype", str(broken), "--config", str(tiny_yaml)], capsys)
+    assert_user_error(code, err, f"{broken}: not valid JSON")
     missing = tmp_path / "missing.json"
-    assert_user_error(*run_cli("retrain", ["--genotype", str(missing), "--config", str(tiny_yaml)], capsys),
-                      f"cannot read genotype file {missing}")
+    code, _, err = run_cli_captured("retrain", ["--genotype", str(missing), "--config", str(tiny_yaml)], capsys)
+    assert_user_error(code, err, f"cannot read genotype file {missing}")
 
 
 def test_a_bad_genotype_in_a_real_process_has_no_traceback(tiny_yaml: Path, tmp_path: Path):
@@ -203,8 +190,8 @@ def fake_checkpoint(run: Path, epoch: int, meta: dict) -> None:
 def test_a_retrain_folder_of_another_genotype_is_refused(tiny_yaml: Path, tmp_path: Path, capsys):
     other = {**GOOD, "path": [0] * 12}
     fake_checkpoint(tmp_path / "runs" / "mine", 1, {"genotype": other})
-    code, err = run_cli("retrain", ["--arch", "autodeeplab-S", "--config", str(tiny_yaml), "--storage-path",
-                                    str(tmp_path / "runs"), "--name", "mine"], capsys)
+    code, _, err = run_cli_captured("retrain", ["--arch", "autodeeplab-S", "--config", str(tiny_yaml), "--storage-path",
+                                                str(tmp_path / "runs"), "--name", "mine"], capsys)
     assert_user_error(code, err, f"{tmp_path}/runs/mine holds a checkpoint (checkpoint_epoch0001)",
                       "not a retrain of this genotype", "Use another --name")
 
@@ -214,8 +201,8 @@ def test_a_checkpoint_from_another_search_space_is_refused_by_the_cli(ray_sessio
                                                                       capsys):
     space = {"layers": 5, "blocks": 2, "filter_multiplier": 2, "ops": "paper", "stem_channels": [8, 8, 16]}
     fake_checkpoint(tmp_path / "runs" / "old", 2, {"search_space": {**space, "num_classes": 8}})
-    code, err = run_cli("search", ["--config", str(tiny_yaml), "--no-tune", "--storage-path", str(tmp_path / "runs"),
-                                   "--name", "old"], capsys)
+    code, _, err = run_cli_captured("search", ["--config", str(tiny_yaml), "--no-tune", "--storage-path",
+                                               str(tmp_path / "runs"), "--name", "old"], capsys)
     assert_user_error(code, err, f"{tmp_path}/runs/old holds a checkpoint (checkpoint_epoch0002)",
                       "different search space (layers: checkpoint 5, config 3)")
     assert not list((tmp_path / "runs" / "old").glob("checkpoint_manager_snapshot.json"))  # nothing started
@@ -234,7 +221,7 @@ def test_a_checkpoint_from_another_search_space_is_refused_by_the_cli(ray_sessio
      ["retrain.num_workers=9", "Lower retrain.num_workers"]),
 ])
 def test_workers_the_cluster_cannot_hold_are_refused(ray_session, script, args, fragments, tiny_yaml: Path, capsys):
-    code, err = run_cli(script, ["--config", str(tiny_yaml), *args], capsys)
+    code, _, err = run_cli_captured(script, ["--config", str(tiny_yaml), *args], capsys)
     assert_user_error(code, err, "the run needs {'CPU':", *fragments)
 
 
@@ -251,16 +238,16 @@ def started_sweep(path: Path, config: Path) -> None:
 @pytest.mark.cluster
 def test_a_sweep_that_exists_is_not_silently_restarted(ray_session, tiny_yaml: Path, tmp_path: Path, capsys):
     started_sweep(tmp_path / "exp", tiny_yaml)
-    code, err = run_cli("search", ["--config", str(tiny_yaml), "--storage-path", str(tmp_path), "--name", "exp"],
-                        capsys)
+    code, _, err = run_cli_captured("search", ["--config", str(tiny_yaml), "--storage-path", str(tmp_path),
+                                               "--name", "exp"], capsys)
     assert_user_error(code, err, f"a sweep already exists in {tmp_path}/exp", "'running'", "pass --resume")
 
 
 @pytest.mark.cluster
 def test_resuming_a_sweep_with_another_config_is_refused(ray_session, tiny_yaml: Path, tmp_path: Path, capsys):
     started_sweep(tmp_path / "exp", tiny_yaml)
-    code, err = run_cli("search", ["--config", str(tiny_yaml), "--storage-path", str(tmp_path), "--name", "exp",
-                                   "--resume", "search.arch_lr=0.01"], capsys)
+    code, _, err = run_cli_captured("search", ["--config", str(tiny_yaml), "--storage-path", str(tmp_path),
+                                               "--name", "exp", "--resume", "search.arch_lr=0.01"], capsys)
     old = config_hash(load_config(tiny_yaml))
     new = config_hash(with_overrides(load_config(tiny_yaml), ["search.arch_lr=0.01"]))
     assert_user_error(code, err, f"{tmp_path}/exp/sweep.json: the sweep was started with config hash {old}",

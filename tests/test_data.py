@@ -3,7 +3,6 @@ search splits, loaders, and every bad-input case."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -355,17 +354,12 @@ def test_synthetic_markers_scale_with_the_image():
     assert 0.05 < fractions[0] < 0.25 and 0.7 < fractions[1] / fractions[0] < 1.4, fractions
 
 
-def test_synthetic_shapes_sizes_and_speed():
+def test_synthetic_shapes_and_sizes():
     ds = _synthetic("val", size=64, image_size=96)
     assert len(ds) == 64 and ds[0][0].shape == (3, 96, 96) and ds[0][1].shape == (96, 96)
     assert len(load_dataset("synthetic", None, "train", train=True, crop_size=64)) == 512
     crops = load_dataset("synthetic", None, "train", train=True, crop_size=64, image_size=96, size=2)
     assert crops[0][0].shape == (3, 64, 64)
-    generate(0, "train", 0, 96)
-    start = time.perf_counter()
-    for i in range(20):
-        generate(0, "train", i, 96)
-    assert (time.perf_counter() - start) / 20 < 0.05  # ~8 ms on one core; generous for a shared machine
 
 
 # ---------------------------------------------------------------- transforms

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import PNG
 from local_cluster import cluster_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_final_genotype_builds_a_discrete_net(smoke_job):
     net = DiscreteNet(genotype, 4, filter_multiplier=2, stem_channels=(8, 8, 16), aspp_channels=8)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32, 32)
     for png in ("path.png", "cell.png"):
-        assert (exp / "final" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (exp / "final" / png).read_bytes()[:8] == PNG
 
 
 def test_summary_has_retrain_miou_and_tensorboard_logs_exist(smoke_job):

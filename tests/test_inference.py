@@ -9,7 +9,6 @@ project's checkpoint writer in a temporary experiment folder. No Ray.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, run_cli_captured
 from PIL import Image
 
 from orchestrator.config import config_from_dict, config_to_dict
@@ -29,8 +29,6 @@ from orchestrator.inference.predict import STRIDE, Padded, normalize, output_ste
 from orchestrator.inference.run import build_network, class_names
 from orchestrator.io.checkpointing import FORMAT_VERSION, write_checkpoint_dir
 from search_space import Genotype
-
-ROOT = Path(__file__).resolve().parents[1]
 
 GENOTYPE = Genotype.from_dict({"cell": [[["sep_conv_3x3", 0], ["skip_connect", 1]],
                                         [["dil_conv_3x3", 1], ["avg_pool_3x3", 2]]],
@@ -66,20 +64,6 @@ def image_dir(tmp_path_factory) -> Path:
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
     (folder / "notes.txt").write_text("not an image, and not listed: only image extensions are")
     return folder
-
-
-def run_cli(script: str, args: list[str], capsys) -> tuple[int, str, str]:
-    """``experiments/<script>.py`` in this process: (exit status, stdout, stderr with wrapping undone)."""
-    spec = importlib.util.spec_from_file_location(f"{script}_cli", ROOT / "experiments" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    capsys.readouterr()
-    try:
-        code = module.main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, " ".join(captured.err.split())
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -193,16 +177,16 @@ def test_predict_cli_writes_masks_overlays_and_a_legend(form, experiment: Path, 
     names = [name for name, _ in IMAGES]
     images = [str(image_dir)] if form == "folder" else [str(image_dir / n) for n in names[:2]]
     run = experiment / "final" / "retrain" if form == "run folder" else experiment
-    code, out, err = run_cli("predict", ["--run", str(run), "--images", *images, "--out", str(tmp_path / "o"),
-                                         "--device", "cpu"], capsys)
+    code, out, err = run_cli_captured("predict", ["--run", str(run), "--images", *images, "--out", str(tmp_path / "o"),
+                                                  "--device", "cpu"], capsys)
     assert code == 0, err
     assert "checkpoint_epoch0002" in out
     _check_outputs(tmp_path / "o", names if form == "folder" else names[:2])
 
 
 def test_the_overlay_blends_image_and_mask_colours(experiment: Path, image_dir: Path, tmp_path: Path, capsys):
-    code, _, err = run_cli("predict", ["--run", str(experiment), "--images", str(image_dir / "scan.png"),
-                                       "--out", str(tmp_path), "--alpha", "0.25"], capsys)
+    code, _, err = run_cli_captured("predict", ["--run", str(experiment), "--images", str(image_dir / "scan.png"),
+                                                "--out", str(tmp_path), "--alpha", "0.25"], capsys)
     assert code == 0, err
     image = np.array(Image.open(image_dir / "scan.png"), dtype=np.float64)
     mask = np.array(Image.open(tmp_path / "scan.png"))
@@ -219,8 +203,8 @@ def test_export_cli_matches_pytorch_at_two_sizes(fmt: str, experiment: Path, tmp
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
     out = tmp_path / f"model.{fmt}"
-    code, stdout, err = run_cli("export", ["--run", str(experiment), "--format", fmt, "--out", str(out),
-                                           "--check-sizes", "61x45", "100x77"], capsys)
+    code, stdout, err = run_cli_captured("export", ["--run", str(experiment), "--format", fmt, "--out", str(out),
+                                                    "--check-sizes", "61x45", "100x77"], capsys)
     assert code == 0, err
     info = json.loads(Path(f"{out}.json").read_text())
     assert [c["size"] for c in info["checks"]] == [[61, 45], [100, 77]]
@@ -274,8 +258,8 @@ def test_bad_input_is_one_error_paragraph_and_exit_2(case, fragments, experiment
         run = str(_corrupt_run(tmp_path, experiment))
     elif case == "bad alpha":
         extra = ["--alpha", "2"]
-    code, _, err = run_cli("predict", ["--run", run, "--images", *images, "--out", str(tmp_path / "o"), *extra],
-                           capsys)
+    code, _, err = run_cli_captured("predict", ["--run", run, "--images", *images, "--out", str(tmp_path / "o"),
+                                                *extra], capsys)
     assert code == 2, err
     assert err.startswith("error: ") and "Traceback" not in err, err
     for fragment in fragments:
@@ -284,15 +268,15 @@ def test_bad_input_is_one_error_paragraph_and_exit_2(case, fragments, experiment
 
 def test_an_export_over_the_tolerance_fails_and_leaves_no_file(experiment: Path, tmp_path: Path, capsys):
     out = tmp_path / "model.pt"
-    code, _, err = run_cli("export", ["--run", str(experiment), "--format", "torchscript", "--out", str(out),
-                                      "--tolerance", "-1"], capsys)
+    code, _, err = run_cli_captured("export", ["--run", str(experiment), "--format", "torchscript", "--out", str(out),
+                                               "--tolerance", "-1"], capsys)
     assert code == 2 and err.startswith("error: TorchScript export") and "over the tolerance -1" in err, err
     assert not out.exists()
 
 
 def test_a_non_run_folder_fails_the_export_cli_too(image_dir: Path, tmp_path: Path, capsys):
-    code, _, err = run_cli("export", ["--run", str(image_dir), "--format", "onnx", "--out", str(tmp_path / "m")],
-                           capsys)
+    code, _, err = run_cli_captured("export", ["--run", str(image_dir), "--format", "onnx", "--out",
+                                               str(tmp_path / "m")], capsys)
     assert code == 2 and "is not a retrain run" in err and "Traceback" not in err, err
 
 

@@ -61,16 +61,27 @@ def test_beta_entropy_per_layer_is_consistent_with_beta_entropy(seed: int):
 
 
 def test_epoch_metrics_report_the_diagnostics():
-    torch.manual_seed(0)
+    """alpha and beta set so that the decoded architecture, and so each diagnostic, is known by hand."""
     net = SuperNet(3, layers=3, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
-    alpha, beta = net.alpha.detach().clone(), net.beta.detach().clone()
-    evaluation = {"cm": torch.eye(3, dtype=torch.int64), "loss": 1.0}
+    strong = {0: "max_pool_3x3", 1: "sep_conv_3x3", 2: "skip_connect", 3: "avg_pool_3x3"}  # edge 4: uniform, dropped
+    with torch.no_grad():
+        net.alpha.zero_()
+        for edge, op in strong.items():
+            net.alpha[edge, PRIMITIVES.index(op)] = 10.0
+        net.beta.zero_()
+        net.beta[:, :, 2] = 50.0  # every node moves to the next coarser level where it can
+    cm = torch.tensor([[3, 1, 0], [1, 2, 0], [0, 0, 4]])  # IoU 3/5, 2/4, 4/4; 9 of 11 pixels right
     facts = EpochFacts(1, 10, 10, torch.tensor([2.0, 0.0]), False, (0.1, 0.01), (1.0, 0.5), 4)
-    m = epoch_metrics(net, facts, evaluation, (alpha, beta), "")
-    genotype = net.genotype()
-    assert m["param_free_ops"] == param_free_ops(genotype)
-    assert m["path_depth"] == max(genotype.path)
-    assert m["beta_entropy_per_layer"] == beta_entropy_per_layer(beta) and len(m["beta_entropy_per_layer"]) == 3
+    start = (torch.zeros_like(net.alpha), torch.zeros_like(net.beta))
+    m = epoch_metrics(net, facts, {"cm": cm, "loss": 1.0}, start, "")
+    assert m["genotype"] == Genotype(cell=((("max_pool_3x3", 0), ("sep_conv_3x3", 1)),
+                                           (("skip_connect", 0), ("avg_pool_3x3", 1))),
+                                     path=(1, 2, 3)).to_json(indent=None)
+    assert m["param_free_ops"] == 3 and m["path"] == [1, 2, 3] and m["path_depth"] == 3
+    assert m["beta_entropy_per_layer"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-15)  # every choice settled
+    assert m["val_miou"] == pytest.approx((3 / 5 + 2 / 4 + 1) / 3) and m["val_pixel_acc"] == pytest.approx(9 / 11)
+    assert m["alpha_delta"] == 10.0 and m["beta_delta"] == 50.0 and m["genotype_changed"]
+    assert m["train_loss"] == pytest.approx(0.2) and math.isnan(m["arch_loss"]) and m["images_per_second"] == 4.0
 
 
 class _Recorder:

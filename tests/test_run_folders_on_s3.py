@@ -13,6 +13,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+from helpers import PNG
 
 from orchestrator.config import config_from_dict, load_config, save_config, with_overrides
 from orchestrator.io import storage
@@ -150,7 +151,7 @@ def test_the_final_step_and_validation_read_and_write_on_s3(s3_prefix, tiny_sett
     files = write_architecture(AUTODEEPLAB, final, "trial t1")
     assert files["genotype"] == storage.join(final, "genotype.json")
     assert json.loads(storage.read_text(files["genotype"])) == AUTODEEPLAB.to_dict()
-    assert storage.read_bytes(files["path_png"]).startswith(b"\x89PNG")
+    assert storage.read_bytes(files["path_png"]).startswith(PNG)
     save_config(config_from_dict(tiny_settings), storage.join(exp, "config.yaml"))
     checkpoint = _checkpoint(storage.join(exp, "train-t1"), 3)
     storage.write_json(storage.join(final, "summary.json"), {

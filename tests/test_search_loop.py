@@ -7,7 +7,6 @@ again resuming to 4. Three Train runs in all (each ~30-60 s on a shared 2-core m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import FOUR_EPOCHS
+from helpers import epochs_of, run_cli, run_cli_captured, tf_scalars, tfevents
 
 from orchestrator.config import config_from_dict, with_overrides
 from orchestrator.data import InfiniteLoader, load_dataset, make_loader
@@ -24,30 +25,10 @@ from orchestrator.train.search_loop import resume_loader
 from orchestrator.train.search_setup import cosine_lr
 from search_space import Genotype, SuperNet
 
-ROOT = Path(__file__).parent.parent
 RESERVED = {"pid", "hostname", "date", "time_this_iter_s", "time_total_s", "training_iteration", "timestamp",
             "trial_id", "experiment_id", "node_ip", "done", "config", "time_since_restore"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread in this process: on a busy 2-core machine two threads spin-wait each other and a tiny
-    forward/backward takes 16 s instead of 0.3 s (the Train workers use scaling.cpus_per_worker = 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(args: list[str]) -> int:
-    """``experiments/search.py`` in this process (so it uses the session's Ray); its exit status."""
-    spec = importlib.util.spec_from_file_location("search_cli", ROOT / "experiments" / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    try:
-        return module.main(args)
-    except SystemExit as exit_:
-        return exit_.code
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 # ---------------------------------------------------------------------------------------------- no Ray
@@ -140,24 +121,38 @@ def test_resumed_loader_draws_what_the_uninterrupted_one_draws():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_search_board_writes_events(tmp_path: Path):
+def test_search_board_writes_the_epoch_into_its_event_file(tmp_path: Path):
+    """Read back from the event file, as TensorBoard reads it: each scalar under its tag at the epoch (NaNs left
+    out), the decoded genotype as text, the alpha and beta heatmaps, one truth|prediction image per preview."""
     from orchestrator.train.tb_logging import SearchBoard
 
     net = SuperNet(3, layers=2, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
     board = SearchBoard(tmp_path, ["a", "b", "c"])
-    board.scalars(1, {"val_miou": 0.5, "arch_loss": float("nan"), "per_class_iou": [0.1, float("nan"), 0.3]})
-    board.architecture(1, net.alpha, net.beta, net.genotype())
-    board.predictions(1, torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)),
-                      torch.randint(0, 3, (2, 32, 32)), 3)
+    board.scalars(2, {"val_miou": 0.5, "train_loss": 1.25, "arch_loss": float("nan"), "lr": 0.02, "path_depth": 1,
+                      "per_class_iou": [0.1, float("nan"), 0.3], "beta_entropy_per_layer": [0.5, 0.25]})
+    board.architecture(2, net.alpha, net.beta, net.genotype())
+    board.predictions(2, torch.randn(2, 3, 32, 40), torch.randint(0, 3, (2, 32, 40)),
+                      torch.randint(0, 3, (2, 32, 40)), 3)
     board.close()
-    assert list(tmp_path.glob("events.out.tfevents.*"))
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    expected = {"val/miou": 0.5, "loss/train": 1.25, "lr/weights": 0.02, "arch/path_depth": 1.0, "iou/a": 0.1,
+                "iou/c": 0.3, "arch/beta_entropy_layer0": 0.5, "arch/beta_entropy_layer1": 0.25}
+    assert tf_scalars(events) == {tag: {2: pytest.approx(value)} for tag, value in expected.items()}  # float32
+    others = {v.tag: (e.step, v) for e in tfevents(events) for v in e.summary.value if v.tag not in expected}
+    assert sorted(others) == ["arch/alpha", "arch/beta", "genotype/text_summary", "val/prediction_0",
+                              "val/prediction_1"]
+    assert {step for step, _ in others.values()} == {2}
+    text = others["genotype/text_summary"][1].tensor.string_val[0].decode()
+    assert net.genotype().to_json(indent=None) in text
+    assert [(others[f"val/prediction_{i}"][1].image.height, others[f"val/prediction_{i}"][1].image.width)
+            for i in (0, 1)] == [(32, 80), (32, 80)]  # ground truth beside prediction
 
 
 def test_cli_refuses_an_unknown_key(tiny_settings, tmp_path: Path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**tiny_settings, "search": {"epochs": 3, "warmupp_epochs": 1}}))
-    assert run_cli(["--config", str(path), "--no-tune"]) == 2
-    err = " ".join(capsys.readouterr().err.split())  # the message may be wrapped
+    code, _, err = run_cli_captured("search", ["--config", str(path), "--no-tune"], capsys)  # err: wrapping undone
+    assert code == 2
     assert str(path) in err and "'search.warmupp_epochs'" in err and "did you mean 'search.warmup_epochs'" in err
 
 
@@ -167,9 +162,6 @@ def test_cli_refuses_an_unknown_key(tiny_settings, tmp_path: Path, capsys):
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("search-runs")
-
-
-FOUR = ["search.epochs=4", "search.warmup_epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -184,17 +176,11 @@ def resumed(ray_session, tiny_settings, storage: Path) -> Path:
     same command again, which resumes the run of that name from its checkpoint."""
     path = storage / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_settings))
-    command = ["--config", str(path), "--no-tune", "--storage-path", str(storage), "--name", "resumed", *FOUR]
-    assert run_cli([*command, "--stop-at-epoch", "2"]) == 0
+    command = ["--config", str(path), "--no-tune", "--storage-path", str(storage), "--name", "resumed", *FOUR_EPOCHS]
+    assert run_cli("search", [*command, "--stop-at-epoch", "2"]) == 0
     assert [e["epoch"] for e in epochs_of(storage / "resumed")] == [1, 2]
-    assert run_cli(command) == 0
+    assert run_cli("search", command) == 0
     return storage / "resumed"
-
-
-def epochs_of(run: Path) -> list[dict]:
-    from orchestrator.train.trainers import read_epochs
-
-    return read_epochs(run)
 
 
 @pytest.mark.cluster
@@ -222,7 +208,9 @@ def test_search_on_two_workers_reports_checkpoints_and_keeps_workers_in_sync(str
     assert torch.equal(state["model"]["alpha"], torch.tensor(epochs[-1]["alpha"]))
     assert config_from_dict(state["config"]).search.epochs == 4
     assert (straight / "config.yaml").is_file()
-    assert list((straight / "tensorboard").glob("events.out.tfevents.*"))
+    board = tf_scalars(*(straight / "tensorboard").glob("events.out.tfevents.*"))  # float32: rel 1e-6
+    assert board["val/miou"] == {e["epoch"]: pytest.approx(e["val_miou"], rel=1e-6) for e in epochs}
+    assert board["loss/train"] == {e["epoch"]: pytest.approx(e["train_loss"], rel=1e-6) for e in epochs}
 
 
 @pytest.mark.cluster
@@ -247,7 +235,7 @@ def test_resume_equals_an_uninterrupted_search(straight: Path, resumed: Path):
 def test_a_checkpoint_from_another_search_space_is_refused(straight: Path, tiny_settings):
     from orchestrator.train.trainers import run_single_search
 
-    cfg = with_overrides(config_from_dict(tiny_settings), [*FOUR, "search_space.layers=2"])
+    cfg = with_overrides(config_from_dict(tiny_settings), [*FOUR_EPOCHS, "search_space.layers=2"])
     with pytest.raises(ckpt.CheckpointError, match=r"different search space \(layers: checkpoint 3, config 2\)"):
         run_single_search(cfg, str(straight.parent), straight.name)
     manifest = json.loads((straight / "checkpoint_epoch0004" / ckpt.MANIFEST_FILE).read_text())

@@ -4,12 +4,12 @@ equals the full backward it replaces, and two DDP workers (gloo, torch.multiproc
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -65,12 +65,6 @@ def test_arch_step_equals_the_full_backward_it_replaces():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     """Three alternations on rank-dependent batches; saves alpha, beta, a weight checksum and a gradient check."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -101,7 +95,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_two_ddp_workers_stay_identical(tmp_path):
     """Arch gradients are the workers' mean (one explicit all-reduce) and both ranks end bit-identical."""
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for key in ("alpha", "beta", "weights"):
         assert torch.equal(r0[key], r1[key]), key
@@ -128,9 +122,12 @@ def test_a_standalone_retrain_reports_every_epoch_to_its_listener(tiny_settings,
     with report_listener(seen.append):
         retrain_fn_per_worker({"config": config_to_dict(cfg), "genotype": genotype.to_dict(),
                                "run_dir": str(tmp_path / "run"), "standalone": True})
-    assert [m["epoch"] for m in seen] == [1, 2] and all(0 <= m["val_miou"] <= 1 for m in seen)
-    records = sorted((tmp_path / "run" / "epochs").glob("*.json"))
-    assert [json.loads(r.read_text())["epoch"] for r in records] == [1, 2]
+    assert [m["epoch"] for m in seen] == [1, 2]
+    for m in seen:  # mIoU: the mean over the classes seen in labels or predictions (the others' IoU is None)
+        present = [iou for iou in m["per_class_iou"] if iou is not None]
+        assert len(m["per_class_iou"]) == 8 and m["val_miou"] == pytest.approx(sum(present) / len(present))
+    records = [json.loads(r.read_text()) for r in sorted((tmp_path / "run" / "epochs").glob("*.json"))]
+    assert [(r["epoch"], r["val_miou"]) for r in records] == [(m["epoch"], m["val_miou"]) for m in seen]
     assert not list((tmp_path / "run").glob("checkpoint_*"))
     out = capsys.readouterr().out  # progress lines inside each epoch, tagged with the run's name
     assert "[run] epoch 1/2 step 1/8 " in out and "[run] epoch 2/2 step 7/8 " in out and " img/s eta " in out

@@ -14,23 +14,10 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from helpers import PNG, figure
 
 from orchestrator.io import atomic, storage
 from orchestrator.io.records import RECORDS_FILE, read_records, read_table, write_record
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
-    ax.plot([0, 1])
-    return fig
-
-
-PNG = b"\x89PNG"
 
 # ------------------------------------------------------------------------------------------------- local
 
@@ -85,7 +72,7 @@ def test_local_round_trips_and_listings(tmp_path: Path):
     assert storage.write_bytes(storage.join(base, "a.bin"), b"\x00\x01") == tmp_path / "exp" / "a.bin"
     storage.write_text(storage.join(base, "t", "b.txt"), "héllo")
     storage.write_json(storage.join(base, "t", "c.json"), {"x": [1, 2], "p": Path("/q")})
-    storage.save_figure(_figure(), storage.join(base, "t", "d.png"))
+    storage.save_figure(figure(), storage.join(base, "t", "d.png"))
     assert storage.read_bytes(storage.join(base, "a.bin")) == b"\x00\x01"
     assert storage.read_text(storage.join(base, "t", "b.txt")) == "héllo"
     assert storage.read_json(storage.join(base, "t", "c.json")) == {"x": [1, 2], "p": "/q"}
@@ -135,7 +122,7 @@ def test_s3_round_trips_and_listings(s3):
     assert storage.write_bytes(storage.join(base, "a.bin"), b"\x00\x01") == storage.join(base, "a.bin")
     atomic.write_text(storage.join(base, "t", "b.txt"), "héllo")
     atomic.write_json(storage.join(base, "t", "c.json"), {"x": [1, 2]})
-    atomic.save_figure(_figure(), storage.join(base, "t", "d.png"))
+    atomic.save_figure(figure(), storage.join(base, "t", "d.png"))
     storage.write_text(storage.join(base, "t", "deep", "e.txt"), "e")
     storage.write_text(storage.join(base, "x y", "f.txt"), "space")
     assert storage.read_bytes(storage.join(base, "a.bin")) == b"\x00\x01"

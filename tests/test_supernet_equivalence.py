@@ -18,14 +18,7 @@ from search_space.cell_search import Cell
 
 TINY = dict(layers=3, filter_multiplier=2, stem_channels=(8, 8, 16))
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP waits make them 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 def _pair(family: str, blocks: int, **kwargs) -> tuple[SuperNet, SuperNet]:

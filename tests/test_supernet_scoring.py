@@ -109,11 +109,31 @@ def test_select_path_scores_the_candidates_and_keeps_the_best(search_checkpoint)
     assert len(rows) == 4 and [r["path"] for r in rows] == [list(p) for p, _ in top_paths(net.beta, 4)]
     best = max(rows, key=lambda r: r["supernet_miou"])
     assert list(genotype.path) == best["path"] and genotype.cell == trained.genotype().cell
-    assert all(0.0 <= r["supernet_miou"] <= 1.0 for r in rows)
     before = {k: v.clone() for k, v in trained.net.state_dict().items()}
     scores = score_genotypes(trained, [Genotype(cell=cell, path=(0, 1, 2))] * 2)
     assert scores[0] == scores[1]  # recalibration starts from the same weights each time
     assert all(torch.equal(before[k], v) for k, v in trained.net.state_dict().items())
+
+
+def test_a_supernet_that_predicts_one_class_scores_that_class_share(search_checkpoint):
+    """Known answer: with the classifier's weights zero and one bias up, every pixel is predicted as class 0 on
+    every path, so each candidate's mIoU is class 0's share of the labelled pixels over the classes present
+    (IoU 0 for the other classes in the labels); all tie, and the tie goes to the most probable path."""
+    from orchestrator.data import IGNORE_INDEX, role_dataset
+    from orchestrator.train.supernet_score import load_supernet, select_path
+
+    trained = load_supernet(search_checkpoint[0])
+    with torch.no_grad():
+        trained.net.decoder.classifier.weight.zero_()
+        trained.net.decoder.classifier.bias.copy_(torch.eye(8)[0])
+    d = trained.cfg.data
+    labels = torch.stack([y for _, y in role_dataset(d, "select", train=False, crop_size=d.crop_size)])
+    labels = labels[labels != IGNORE_INDEX]
+    classes = set(labels.unique().tolist()) | {0}
+    expected = float((labels == 0).sum()) / labels.numel() / len(classes)
+    genotype, rows = select_path(trained)
+    assert [r["supernet_miou"] for r in rows] == pytest.approx([expected] * 4)
+    assert list(genotype.path) == rows[0]["path"]
 
 
 @pytest.mark.parametrize(("metric", "rows", "winner"), [

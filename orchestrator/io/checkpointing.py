@@ -102,8 +102,18 @@ def latest_checkpoint_dir(directory: str | os.PathLike) -> Path | str | None:
     found = storage.glob(directory, f"{CHECKPOINT_PREFIX}*/{MANIFEST_FILE}")
     if not found:
         return None
-    latest = storage.parent(found[-1])
+    latest = max((storage.parent(p) for p in found), key=lambda d: checkpoint_order(storage.basename(d)))
     return latest if is_remote(latest) else Path(latest)
+
+
+def checkpoint_order(name: str) -> tuple[int, int]:
+    """``checkpoint_epoch0003`` -> (3, 0), its re-run ``checkpoint_epoch0003-1`` -> (3, 1): the order in which
+    they were written (a plain sort of paths puts ``0003/`` after ``0003-1/``, '/' sorting after '-')."""
+    epoch, _, rerun = name.removeprefix(CHECKPOINT_PREFIX).partition("-")
+    try:
+        return int(epoch), int(rerun or 0)
+    except ValueError:
+        return -1, -1
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
