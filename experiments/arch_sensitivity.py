@@ -46,6 +46,7 @@ import time
 import torch
 from torch.nn import functional as F
 
+from orchestrator.cli import HelpFormatter
 from orchestrator.data import load_dataset, make_loader
 from orchestrator.data.synthetic import MARKER_COOL, MARKER_WARM
 from search_space import DiscreteNet, Genotype
@@ -115,18 +116,18 @@ def table(classes: tuple[str, ...], results: dict[str, torch.Tensor]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=10)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per network")
     p.add_argument("--size", type=int, default=512, help="training images")
-    p.add_argument("--val-size", type=int, default=64)
+    p.add_argument("--val-size", type=int, default=64, help="validation images")
     p.add_argument("--image-size", type=int, default=128,
                    help="128: a stride-32 net has a 4x4 map (2x2 at the search config's 64 px crops)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per training step")
     p.add_argument("--filters", type=int, default=8, help="filter multiplier F")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cell", choices=sorted(CELLS), default="small")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
+    p.add_argument("--cell", choices=sorted(CELLS), default="small", help="the cell both networks share")
     p.add_argument("--head", choices=HEADS, default="search",
                    help="search: the SearchASPP the supernet scores (no decoder); deeplabv3+: the retrain head")
     p.add_argument("--paths", default="stride4-8,stride32", help=f"comma-separated, from {', '.join(PATHS)}")

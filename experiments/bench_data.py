@@ -30,13 +30,16 @@ import sys
 import tempfile
 import time
 
+from orchestrator.cli import HelpFormatter
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CITY_IDS = (7, 8, 11, 12, 17, 19, 20, 21, 22, 23, 24, 26, 0)  # road ... car, and 0 (unlabeled: ignore)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=os.path.join(REPO, "experiments", "configs", "cityscapes.yaml"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config", default=os.path.join(REPO, "experiments", "configs", "cityscapes.yaml"),
+                   help="the config whose data pipeline is measured")
     p.add_argument("--images", type=int, default=6, help="generated image/label pairs")
     p.add_argument("--rounds", type=int, default=3, help="passes over the files per variant, interleaved")
     p.add_argument("--step-seconds", type=float, default=0.08, help="the GPU step the loader must keep up with")

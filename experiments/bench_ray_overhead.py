@@ -30,16 +30,19 @@ import sys
 import tempfile
 import time
 
+from orchestrator.cli import HelpFormatter
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("local", "ray")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=os.path.join(REPO, "experiments", "configs", "default.yaml"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config", default=os.path.join(REPO, "experiments", "configs", "default.yaml"),
+                   help="the config whose search loop is timed")
     p.add_argument("--epochs", type=int, default=4, help="search epochs per run (arch updates from epoch 1)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the worker (torch threads) and of the Ray cluster")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="runs per variant, interleaved")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--storage", help=argparse.SUPPRESS)

@@ -8,7 +8,7 @@
 A step is what one iteration of the first-order search does, timed with the search loop's own functions
 (`orchestrator.train.steps`): a weight step (zero grads, forward on a trainA batch, cross-entropy, backward,
 gradient clip, SGD) and an arch step (forward on a trainB batch, gradients of alpha and beta only, Adam);
-``search_step_s`` is the two together. The public port's figures (/work/shared/PERF_NOTES.md) time zero
+``search_step_s`` is the two together. The public port's figures (docs/notes/public-port.md) time zero
 grads + forward + loss + backward with every gradient, which is the weight step without the SGD update:
 compare them with ``weight_step_s``. The port has no cheaper arch step, so its search step is two of its
 steps: ``vs_port.search_step_ratio`` is ``search_step_s`` over twice the port's step.
@@ -43,23 +43,25 @@ import sys
 import tempfile
 import time
 
+from orchestrator.cli import HelpFormatter
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORT_CPU = {  # the public port on this machine type, 2 threads (PERF_NOTES.md): step s median, peak RSS GB
+PORT_CPU = {  # the public port on this machine type, 2 threads (docs/notes/public-port.md): step s median, peak RSS GB
     (12, 5, 8, 65): (15.9, 1.19), (12, 5, 8, 129): (18.4, 2.75), (12, 5, 8, 321): (41.0, 13.9),
     (6, 5, 4, 65): (4.46, 0.52),
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--blocks", type=int, default=5)
-    p.add_argument("--filter-multiplier", type=int, default=8)
-    p.add_argument("--crop", type=int, default=129)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--classes", type=int, default=19)
-    p.add_argument("--ops", choices=["paper", "darts"], default="paper")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--layers", type=int, default=12, help="trellis layers L")
+    p.add_argument("--blocks", type=int, default=5, help="blocks per cell B")
+    p.add_argument("--filter-multiplier", type=int, default=8, help="filter multiplier F")
+    p.add_argument("--crop", type=int, default=129, help="side of the square input images")
+    p.add_argument("--batch", type=int, default=2, help="images per step")
+    p.add_argument("--classes", type=int, default=19, help="output classes")
+    p.add_argument("--ops", choices=["paper", "darts"], default="paper", help="op family (search_space.ops)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the steps run")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
     p.add_argument("--warmup", type=int, default=1, help="untimed weight+arch steps first")
     p.add_argument("--steps", type=int, default=3, help="timed weight+arch steps per process")
@@ -67,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-levels", default="", help="recompute the nodes of these levels, e.g. 0 or 0,1")
     p.add_argument("--store-units", action="store_true",
                    help="separable units store their activations instead of recomputing them in backward")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--impl", choices=["fast", "reference"], default="fast",
@@ -301,13 +303,14 @@ def summarize(label: str, args: argparse.Namespace, runs: list[dict], dense: lis
 
 
 def add_vs_port(res: dict, args: argparse.Namespace, port: dict | None) -> None:
-    """Step time and peak memory against the port: measured in this run (``--port``), else PERF_NOTES.md's."""
+    """Step time and peak memory against the port: measured in this run (``--port``), else
+    docs/notes/public-port.md's."""
     if port is not None:
         ref = (port["weight_step_s"]["median"], port["peak_rss_gb"], "measured in this run (--port)")
     elif args.device == "cpu" and args.batch == 2 and args.threads == 2 and \
             (args.layers, args.blocks, args.filter_multiplier, args.crop) in PORT_CPU:
         ref = (*PORT_CPU[(args.layers, args.blocks, args.filter_multiplier, args.crop)],
-               "PERF_NOTES.md (another run: this machine's speed varies by up to 2x)")
+               "docs/notes/public-port.md (another run: this machine's speed varies by up to 2x)")
     else:
         return
     res["vs_port"] = {"port_step_s": ref[0], "port_peak_rss_gb": ref[1], "source": ref[2],

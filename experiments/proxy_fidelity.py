@@ -21,11 +21,11 @@ import math
 import os
 import sys
 
-from orchestrator.cli import address_argument, connect_ray, user_errors
+from orchestrator.cli import HelpFormatter, address_argument, connect_ray, user_errors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--validation", required=True, help="a validation.json written by experiments/validate.py")
     parser.add_argument("--config", required=True, help="the experiment's config.yaml (its data and retrain)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[5], help="short-retrain budgets (default 5)")
@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.config import SELECTION_METRICS, load_config, with_overrides
         from orchestrator.io.atomic import write_json
         from orchestrator.io.numbers import finite_or_nan
+        from orchestrator.io.storage import check_writable
         from orchestrator.sweep.retrain_trials import run_trials
 
         rows = read_architectures(args.validation)
         cfg = load_config(args.config)
+        check_writable(args.out, "--out")
         connect_ray(args.address)
         result = {"validation": os.path.abspath(args.validation), "architectures": len(rows), "budgets": {}}
         for epochs in args.epochs:

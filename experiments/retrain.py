@@ -1,107 +1,20 @@
-"""Retrain a discrete Auto-DeepLab network from a genotype on Ray Train (paper Sec. 4.2).
+"""Retrain a discrete Auto-DeepLab network from a genotype on Ray Train: ``adl retrain``.
 
-    python experiments/retrain.py --genotype results/NAME/final/genotype.json \
-        --config experiments/configs/default.yaml
     python experiments/retrain.py --arch autodeeplab-S --config experiments/configs/cityscapes.yaml
 
-The config's ``retrain`` section sets epochs, crop, batch, learning rate and workers; ``data`` the dataset.
-``--arch`` sets ``retrain.filter_multiplier`` to the variant's F (S 20, M 32, L 48). The run goes to
-``<storage-path>/<name>``; the default name is derived from the genotype and the config, so running the same
-command again resumes it.
-
-Bad input fails before any worker starts, with ``error: ...`` and exit status 2: an unreadable or illegal
-genotype, a config error, a dataset too small for ``retrain.batch_size`` x ``retrain.num_workers``, workers the
-cluster cannot hold, or a run folder (``--name``) whose checkpoint retrains another genotype.
+The command lives in `orchestrator.commands.retrain` (installed as ``adl retrain``); this script runs the same
+``main`` with the same arguments. ``--help`` lists them, with examples and defaults.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import sys
 
-from orchestrator.cli import connect_ray, run_arguments, user_errors
-from orchestrator.config import config_hash, load_config, with_overrides
-from orchestrator.io import storage as store
-from search_space import AUTODEEPLAB, VARIANTS, Genotype
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--genotype", help="genotype JSON, a path or a URI (e.g. <experiment>/final/genotype.json)")
-    which.add_argument("--arch", choices=[f"autodeeplab-{v}" for v in VARIANTS], help="a published architecture")
-    run_arguments(parser, config_help="YAML experiment config (data and retrain sections)",
-                  name_help="run name; default: retrain-<genotype>-<config hash>", overrides_example="retrain.epochs=2")
-    return parser.parse_args(argv)
-
-
-def read_genotype(path: str) -> Genotype:
-    """A genotype JSON file, local or at a storage URI; errors name it."""
-    from search_space.genotypes import GenotypeError
-
-    try:
-        text = store.read_text(path)
-    except (OSError, ValueError) as err:
-        raise GenotypeError(f"cannot read genotype file {path}: {getattr(err, 'strerror', None) or err}") from None
-    return Genotype.from_json(text, source=str(path))
-
-
-def check_resumable(directory: str, genotype: Genotype) -> None:
-    """Refuse a run folder whose latest checkpoint retrains another genotype (reusing --name would resume it)."""
-    from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError, latest_checkpoint_dir, read_manifest
-
-    latest = latest_checkpoint_dir(directory)
-    manifest = read_manifest(latest) if latest is not None else None
-    if manifest is None:
-        return  # none, or unreadable: the workers' verification reports it
-    saved = manifest.get("genotype")
-    if saved != genotype.to_dict():
-        raise CheckpointError(
-            f"run folder {directory} holds a checkpoint ({store.basename(latest)}) that is not a retrain of this "
-            f"genotype (its {MANIFEST_FILE} has genotype {json.dumps(saved)}); this run would resume it. Use another "
-            "--name, or the genotype the run was started with."
-        )
+from orchestrator.commands import retrain as command
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with user_errors():
-        cfg = load_config(args.config, args.overrides)
-        if args.arch:
-            genotype, label = AUTODEEPLAB, args.arch
-            cfg = with_overrides(cfg, {"retrain.filter_multiplier": VARIANTS[args.arch[-1]]}, f"--arch {args.arch}")
-        else:
-            genotype = read_genotype(args.genotype)
-            label = hashlib.sha256(genotype.to_json(indent=None).encode()).hexdigest()[:8]
-        name = args.name or f"retrain-{label}-{config_hash(cfg)}"
-        storage = args.storage_path or cfg.storage_path
-        from orchestrator.data.preflight import check_retrain_data
-        from orchestrator.data.roles import describe
-        from orchestrator.train.trainers import check_diverged, check_resources, run_dir, run_retrain
-
-        check_retrain_data(cfg)
-        check_resumable(run_dir(storage, name), genotype)
-        connect_ray(args.address)
-        check_resources(cfg, cfg.retrain.num_workers, "retrain.num_workers")
-        print(f"retraining {genotype} with F={cfg.retrain.filter_multiplier} for {cfg.retrain.epochs} epochs",
-              flush=True)
-        result = run_retrain(cfg, genotype, storage, name)
-        if result.error:
-            raise result.error
-        check_diverged(run_dir(storage, name), (result.metrics or {}).get("epoch", 0))
-    metrics = result.metrics or {}
-    directory = run_dir(storage, name)
-    print(f"\nrun folder:  {directory}")
-    print(f"checkpoint:  {result.checkpoint.path if result.checkpoint else None}")
-    print(f"tensorboard: tensorboard --logdir {store.join(directory, 'tensorboard')}")
-    splits = {role: describe(cfg.data, role) for role in ("select", "report")}
-    print(f"after {metrics.get('epoch')} epochs; val is {splits['select']}, test is {splits['report']}")
-    print(f"val_miou={metrics.get('val_miou')}")
-    if "test_miou" in metrics:
-        print(f"test_miou={metrics['test_miou']}")
-    return 0
+    return command.main(argv)
 
 
 if __name__ == "__main__":

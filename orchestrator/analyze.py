@@ -1,4 +1,5 @@
-"""`python -m orchestrator.analyze`: an alias of `orchestrator.analysis.cli`, kept for the documented command."""
+"""`python -m orchestrator.analyze`: an alias of `orchestrator.analysis.cli` (installed as ``adl analyze``), kept for
+the documented command."""
 
 from orchestrator.analysis.cli import main
 

@@ -1,8 +1,9 @@
-"""What every entry point in experiments/ shares: connecting to Ray and turning user errors into a clear
+"""What every command (`orchestrator.commands`, ``adl <command>``, ``python experiments/<command>.py``) shares:
+help with examples and defaults, ``--print-config``, connecting to Ray, and turning user errors into a clear
 one-paragraph message and exit status 2, without a traceback.
 
-User errors are the project's own error types (config, data, genotype, checkpoint, resources, a sweep that
-cannot be resumed as asked, a search that diverged, a sweep with no usable trial), also when Ray Train raised
+User errors are the project's own error types (config, data, genotype, checkpoint, storage, resources, a sweep
+that cannot be resumed as asked, a search that diverged, a sweep with no usable trial), also when Ray Train raised
 one in a worker and handed it back wrapped in its own error; anything else is a bug and keeps its traceback.
 """
 
@@ -27,16 +28,49 @@ STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"
 Ray started here inherits it; `cluster.yaml` sets it for ``ray start``)."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` as every command shows it: the description (the module docstring, examples included) as written,
+    and each option's default after its help, unless the help already names its default or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if "default" in text or default is None or default is False or default is argparse.SUPPRESS or default == []:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def command_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of a command whose module docstring is ``doc``; ``prog`` names it in usage lines (``adl
+    search``; default: the script's file name)."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+
+
 def run_arguments(parser: argparse.ArgumentParser, *, config_help: str, name_help: str,
                   overrides_example: str) -> argparse.ArgumentParser:
     """The arguments every entry point that runs a config shares: ``--config``, ``--storage-path``, ``--name``,
-    ``--address`` and the ``key=value`` overrides."""
+    ``--address``, ``--print-config`` and the ``key=value`` overrides."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--storage-path", help="folder (or URI) for results; default: the config's storage_path")
     parser.add_argument("--name", help=name_help)
     address_argument(parser)
+    print_config_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {overrides_example}")
     return parser
+
+
+def print_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (YAML), each key with where its value came from (default, "
+                        "the config file or a key=value override), and exit without starting anything")
+
+
+def print_config(cfg, sources: dict[str, str], *notes: str) -> int:
+    """`--print-config`: the resolved config with each key's source, after ``notes`` as comment lines; returns 0,
+    the command's exit status."""
+    from orchestrator.config.loading import config_yaml
+
+    print("".join(f"# {note}\n" for note in notes) + config_yaml(cfg, sources), end="", flush=True)
+    return 0
 
 
 def int_list(text: str) -> list[int]:
@@ -52,7 +86,13 @@ def int_list(text: str) -> list[int]:
 
 
 def address_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray cluster address; default: a running cluster, else a local Ray")
+    parser.add_argument("--address", help="Ray cluster address; default: RAY_ADDRESS, a running cluster, else a "
+                        "local Ray")
+
+
+def storage_label(given: str | None, option: str = "--storage-path") -> str:
+    """How an error names a storage path: the option that gave it, or the config key it came from."""
+    return option if given else "storage_path (from the config)"
 
 
 def connect_ray(address: str | None = None) -> None:
@@ -78,6 +118,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from orchestrator.data import DataError
     from orchestrator.inference import InferenceError
     from orchestrator.io.checkpointing import CheckpointError
+    from orchestrator.io.storage import StorageError
     from orchestrator.sweep.arms import ArmsError
     from orchestrator.sweep.chain import SweepFailedError
     from orchestrator.sweep.tune_driver import SweepError
@@ -86,7 +127,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from search_space.genotypes import GenotypeError
 
     return (ConfigError, DataError, CheckpointError, ResourceError, GenotypeError, SweepError, SweepFailedError,
-            DivergedError, ValidationError, InferenceError, ArmsError)
+            DivergedError, ValidationError, InferenceError, ArmsError, StorageError)
 
 
 def user_error(err: BaseException) -> BaseException | None:

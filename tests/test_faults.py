@@ -11,7 +11,6 @@ and no duplicate. The three Ray tests cost about 5 minutes on a busy 2-core mach
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -28,6 +27,7 @@ import pytest
 import torch
 import yaml
 from conftest import FOUR_EPOCHS
+from helpers import ROOT, epochs_of, figure, load_cli
 from local_cluster import alive, cluster_env, raylet_hosting
 
 from orchestrator.config import config_from_dict, config_to_dict, load_config, save_config, with_overrides
@@ -35,23 +35,7 @@ from orchestrator.io import atomic
 from orchestrator.io import checkpointing as ckpt
 from orchestrator.io.records import RECORDS_FILE, read_records, write_record
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread in this process (see tests/test_search_loop.py: two threads spin on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_cli(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
@@ -124,8 +108,35 @@ def test_checkpoint_names_after_a_fallback_never_reuse_a_folder():
     assert ckpt.checkpoint_dir_name(3) == "checkpoint_epoch0003"
     taken = {"checkpoint_epoch0002", "checkpoint_epoch0003", "checkpoint_epoch0003-1"}
     assert ckpt.checkpoint_dir_name(3, taken) == "checkpoint_epoch0003-2"
-    assert sorted(["checkpoint_epoch0004", "checkpoint_epoch0003-2", "checkpoint_epoch0003"]) == [
-        "checkpoint_epoch0003", "checkpoint_epoch0003-2", "checkpoint_epoch0004"]  # still sorted by epoch
+
+
+def rerun_checkpoints(run: Path) -> list[str]:
+    """Epoch 3, its re-run after a fallback (named by `checkpoint_dir_name`), and epoch 4; their folder names."""
+    names = ["checkpoint_epoch0003", ckpt.checkpoint_dir_name(3, {"checkpoint_epoch0003"}), "checkpoint_epoch0004"]
+    for epoch, name in zip((3, 3, 4), names, strict=True):
+        (run / name).mkdir(parents=True)
+        ckpt.write_checkpoint_dir(run / name, {"epoch": epoch, "w": torch.zeros(4)}, {"epoch": epoch})
+    return names
+
+
+def test_a_rerun_checkpoint_orders_between_its_epoch_and_the_next(tmp_path: Path):
+    """The fallback lists the older checkpoints newest first: a re-run of epoch 3 comes before the epoch 3 it
+    replaced, and after epoch 4; a corrupt epoch 4 falls back to the re-run, a corrupt re-run to epoch 3."""
+    plain, rerun, four = rerun_checkpoints(tmp_path)
+    assert rerun == "checkpoint_epoch0003-1"
+    older = ckpt.sibling_checkpoints(ray_checkpoint(tmp_path / four))
+    assert [Path(c.path).name for c in older] == [rerun, plain]
+    for corrupt, expected in ((four, rerun), (rerun, plain)):
+        (tmp_path / corrupt / ckpt.STATE_FILE).write_bytes(b"")
+        _, used = ckpt.read_newest_valid(ray_checkpoint(tmp_path / corrupt), lambda message: None)
+        assert Path(used.path).name == expected
+
+
+def test_the_latest_checkpoint_of_a_run_is_the_newest_rerun(tmp_path: Path):
+    plain, rerun, four = rerun_checkpoints(tmp_path)
+    assert ckpt.latest_checkpoint_dir(tmp_path) == tmp_path / four
+    (tmp_path / four / ckpt.MANIFEST_FILE).unlink()  # epoch 4 not written yet
+    assert ckpt.latest_checkpoint_dir(tmp_path) == tmp_path / rerun  # not the epoch 3 the re-run replaced
 
 
 # ---------------------------------------------------------------------------------------------- divergence
@@ -202,8 +213,10 @@ def test_a_sweep_where_every_trial_fails_ends_with_a_clear_error(tiny_settings, 
                                "stop_reason": "diverged in epoch 1: train_loss=nan"}),
             fake_result("t2", None, RuntimeError("ActorDiedError"))]
     monkeypatch.setattr(orchestrator.sweep.chain, "run_sweep", lambda *args, **kwargs: grid)
+    import orchestrator.commands.search
+
     cli = load_cli("search")
-    monkeypatch.setattr(cli, "connect_ray", lambda address=None: None)
+    monkeypatch.setattr(orchestrator.commands.search, "connect_ray", lambda address=None: None)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_settings))
     with pytest.raises(SystemExit) as exit_:
@@ -235,22 +248,11 @@ def test_records_a_killed_driver_missed_are_filled_in_from_the_trial(tmp_path: P
 # ---------------------------------------------------------------------------------------------- atomic writes
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
-    ax.plot([0, 1])
-    return fig
-
-
 WRITERS = {
     "write_text": lambda p: atomic.write_text(p, "new"),
     "write_json": lambda p: atomic.write_json(p, {"new": 1}),
     "write_bytes": lambda p: atomic.write_bytes(p, b"new"),
-    "save_figure": lambda p: atomic.save_figure(_figure(), p),
+    "save_figure": lambda p: atomic.save_figure(figure(), p),
     "save_config": lambda p: save_config(config_from_dict({}), p),
     "write_record": lambda p: write_record(p.parent, "t1", {}, {"epoch": 1, "val_miou": 0.5}),
 }
@@ -286,9 +288,12 @@ RAW_WRITES = {
     "pyarrow write_table": re.compile(r"pq\.write_table\("),
 }
 ALLOWED_RAW = {"orchestrator/io/storage.py": {"open() for writing", "savefig"},
-               "orchestrator/io/checkpointing.py": {"torch.save"}}
+               "orchestrator/io/checkpointing.py": {"torch.save"},
+               "orchestrator/data/remote.py": {"open() for writing", "Path.write_text/write_bytes"}}
 """storage.py is the one writer (atomic.py delegates to it); checkpointing's torch.save writes into a temporary
-folder that Ray then copies to storage (a crash mid-copy is caught by the SHA-256 in the manifest). TensorBoard
+folder that Ray then copies to storage (a crash mid-copy is caught by the SHA-256 in the manifest); remote.py's
+dataset copy writes into a temporary folder renamed into place as a whole, its manifest last, and opens a lock
+file that holds no data. TensorBoard
 event files (tensorboardX) and Ray's own files are not written by this project. A write into an in-memory buffer
 (``buf``) is fine."""
 
@@ -366,12 +371,6 @@ def fit_in_thread(cfg, storage: Path, name: str) -> tuple[threading.Thread, dict
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, outcome
-
-
-def epochs_of(run: Path) -> list[dict]:
-    from orchestrator.train.trainers import read_epochs
-
-    return read_epochs(run)
 
 
 @pytest.mark.cluster

@@ -1,11 +1,14 @@
 """Read an experiment folder without Ray: a leaderboard, the per-epoch table, plots and a TensorBoard hparams view.
 
+    adl analyze results/<name>                          # leaderboard, results.parquet, plots
+    adl analyze results/a --compare results/b           # two sweeps side by side
+    adl analyze --experiment 's3://bucket/adl/<name>?endpoint_override=127.0.0.1:5055&scheme=http' --out /tmp/a
     python -m orchestrator.analyze RESULTS_DIR [--compare OTHER_DIR] [--out DIR] [--top K] [--rank-by final|best]
 
-``RESULTS_DIR`` is ``<storage>/<name>`` of a sweep (finished, running or interrupted): a local folder or a URI
-(``s3://bucket/prefix/<name>``, with ``?endpoint_override=host:port&scheme=http`` or ``AWS_ENDPOINT_URL`` for a
-server of your own), as are ``--out`` and ``--compare``; every file is read and written through
-`orchestrator.io.storage`. The command prints the experiment's state and why, a leaderboard (trial,
+``RESULTS_DIR`` (or ``--experiment DIR``) is ``<storage>/<name>`` of a sweep (finished, running or interrupted):
+a local folder or a URI (``s3://bucket/prefix/<name>``, with ``?endpoint_override=host:port&scheme=http`` or
+``AWS_ENDPOINT_URL`` for a server of your own), as are ``--out`` and ``--compare``; every file is read and written
+through `orchestrator.io.storage`. The command prints the experiment's state and why, a leaderboard (trial,
 hyperparameters, best and final supernet score, epochs run, status, decoded path) and the final retrain result
 when ``final/summary.json`` exists, and writes into ``--out`` (default ``RESULTS_DIR/analysis/``):
 ``leaderboard.csv``, ``results.parquet`` (one row per trial-epoch) and the PNG plots of
@@ -116,9 +119,13 @@ def compare_rows(a: Analysis, b: Analysis) -> list[list[str]]:
     return [[key, fa[key], fb[key]] for key in fa] + [["same genotype", same, same]]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the experiment folder, <storage>/<name>")
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    from orchestrator.cli import command_parser
+
+    parser = command_parser(__doc__.split("\n\nThis module")[0], prog or "python -m orchestrator.analyze")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", nargs="?",
+                        help="the experiment folder, <storage>/<name> (or give it as --experiment)")
+    parser.add_argument("--experiment", metavar="DIR", help="the experiment folder, as RESULTS_DIR")
     parser.add_argument("--compare", metavar="OTHER_DIR", help="a second experiment to compare with")
     parser.add_argument("--out", metavar="DIR", help="output folder; default RESULTS_DIR/analysis (with --compare, "
                                                      "the other experiment's go to DIR/compare-<name>)")
@@ -126,6 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rank-by", choices=("final", "best"), default="final",
                         help="rank by the last reported score (default, as the sweep picks) or the peak score")
     args = parser.parse_args(argv)
+    if args.experiment and args.results_dir and args.experiment != args.results_dir:
+        parser.error(f"two experiment folders: RESULTS_DIR {args.results_dir} and --experiment {args.experiment}")
+    args.results_dir = args.experiment = args.results_dir or args.experiment
+    if not args.results_dir:
+        parser.error("the experiment folder is required: RESULTS_DIR or --experiment DIR")
     for given in filter(None, (args.results_dir, args.compare, args.out)):
         try:
             folder(given)
@@ -134,8 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``adl analyze`` (``python -m orchestrator.analyze``)."""
+    args = parse_args(argv, prog)
     try:
         first = analyze(args.results_dir, args.out, args.top, args.rank_by)
         print(first.text, flush=True)

@@ -1,4 +1,5 @@
-"""Reading, overriding, saving and naming configs.
+"""Reading, overriding, saving and naming configs, and telling where each value came from (`config_sources`,
+`config_yaml`: what ``--print-config`` prints).
 
 Unknown keys are refused with the file, the dotted key and the closest valid key named; wrong types with file,
 key, value and the expected type; then every field's range rule runs (`schema.validate`).
@@ -171,6 +172,70 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     _build(ExperimentConfig, data, path, "")  # unknown keys and types in the file name the file alone
     source = f"{path} with overrides {' '.join(overrides)}"
     return config_from_dict(apply_overrides(data, list(overrides), source), source)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+DEFAULT_SOURCE = "default"
+
+
+def _sets(data: Any, dotted: str) -> bool:
+    """Whether the nested mapping ``data`` holds the dotted key."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _field_keys(obj: Any, prefix: str = "") -> list[str]:
+    """The dotted key of every field of a config, sections walked into (a dict-valued field is one key)."""
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        keys += _field_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+    return keys
+
+
+def config_sources(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, str]:
+    """Where each field of ``load_config(path, overrides)`` got its value: ``default``, the file (``path``), or
+    ``override <key=value>`` (the last override that set it; after the file's name when it set only a key inside
+    a mapping the file gave). Call it after `load_config` succeeded: errors are reported there."""
+    data = yaml.safe_load(read_text(str(path))) or {}
+    sources = {key: str(path) if _sets(data, key) else DEFAULT_SOURCE
+               for key in _field_keys(ExperimentConfig())}
+    for text in overrides or []:
+        touched, inner = apply_overrides({}, [text]), ".".join(parse_override(text)[0])
+        for key in sources:
+            if _sets(touched, key):  # the field, a key inside a mapping field, or a field in a section's mapping
+                within = inner.startswith(key + ".") and sources[key] != DEFAULT_SOURCE  # the rest stays
+                sources[key] = f"{sources[key]}, override {text}" if within else f"override {text}"
+    return sources
+
+
+def _flow(value: Any) -> str:
+    """One value as one line of YAML (flow style for lists and mappings)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False)
+    return text.removesuffix("...\n").strip()
+
+
+def config_yaml(cfg: ExperimentConfig, sources: dict[str, str]) -> str:
+    """The resolved config as YAML, one line per key with its source as a comment (``# default``, ``# <file>``,
+    ``# override key=value``): what ``--print-config`` prints. It loads back to `config_to_dict` of ``cfg``."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(obj: Any, prefix: str, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                rows.append((f"{indent}{f.name}:", ""))
+                walk(value, f"{prefix}{f.name}.", indent + "  ")
+            else:
+                rows.append((f"{indent}{f.name}: {_flow(value)}", sources.get(prefix + f.name, DEFAULT_SOURCE)))
+
+    walk(cfg, "", "")
+    width = max(len(line) for line, source in rows if source)
+    return "".join(f"{line.ljust(width)}  # {source}\n" if source else f"{line}\n" for line, source in rows)
 
 
 def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:

@@ -32,6 +32,8 @@ from orchestrator.data.transforms import MEAN, STD
 from orchestrator.inference.predict import STRIDE, Padded, legend_entries, palette
 from orchestrator.inference.run import InferenceError, LoadedRun
 from orchestrator.io.atomic import write_json
+from orchestrator.io.paths import is_remote
+from orchestrator.io.storage import check_writable
 
 FORMATS = ("onnx", "torchscript")
 CHECK_SIZES: tuple[tuple[int, int], ...] = ((61, 45), (100, 77))
@@ -165,8 +167,10 @@ def export_run(run: LoadedRun, fmt: str, out: str | os.PathLike, sizes: Sequence
     if not sizes or small:
         raise InferenceError(f"check sizes {', '.join(small) or '(none)'}: expected at least one HxW, each side at "
                              f"least {MIN_SIZE} (the smallest size the export supports)")
+    if is_remote(os.fspath(out)):
+        raise InferenceError(f"export file {out}: expected a local path (copy the file to storage afterwards)")
+    check_writable(out, "export file", file=True)  # a folder, or a folder that cannot be made, fails here
     path = Path(out).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = Padded(run.net.cpu()).eval()
     try:
         checks = EXPORTERS[fmt](model, path, sizes, tolerance)

@@ -87,6 +87,17 @@ def predict_mask(model: nn.Module, image: Image.Image, device: str | torch.devic
     return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
 
 
+def predict(run: LoadedRun, image: Image.Image | np.ndarray | str | os.PathLike) -> np.ndarray:
+    """Class indices (uint8 H x W, the image's size) that ``run``'s network predicts for one RGB image: a PIL
+    image, a uint8 H x W x 3 array, or an image file. Runs where the network is (`load_run`'s ``device``)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    elif not isinstance(image, Image.Image):
+        image = open_image(Path(image).expanduser())
+    device = next(run.net.parameters()).device
+    return predict_mask(Padded(run.net).eval(), image.convert("RGB"), device)
+
+
 def mask_image(mask: np.ndarray, colours: np.ndarray) -> Image.Image:
     """The mask as a palette ("P") PNG image: pixel values are class indices, the palette their colours."""
     mask = np.ascontiguousarray(mask, dtype=np.uint8)

@@ -5,7 +5,8 @@ names, which come from the saved config and need no dataset files.
 `load_run` accepts a retrain run folder (``checkpoint_epoch<k>/`` inside, e.g. ``<experiment>/final/retrain``)
 or an experiment folder (its ``final/retrain``), local or at a storage URI (``s3://...``: the checkpoint is
 copied to a temporary folder and verified there). Anything else raises `InferenceError` naming the path and what
-was expected; a corrupt or foreign checkpoint raises `CheckpointError`.
+was expected; a corrupt or foreign checkpoint raises `CheckpointError`. `save_run` writes the folder `load_run`
+reads, for a network trained elsewhere (or built by a test).
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ from typing import Any
 
 import torch
 
-from orchestrator.config import ExperimentConfig, config_from_dict
+from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict
 from orchestrator.data import DataError
 from orchestrator.data.formats import FORMATS
 from orchestrator.data.known_answer import TASKS as SYNTHETIC_TASKS
 from orchestrator.io import storage
-from orchestrator.io.checkpointing import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint_dir, read_checkpoint_dir
+from orchestrator.io.checkpointing import (
+    CHECKPOINT_PREFIX,
+    FORMAT_VERSION,
+    CheckpointError,
+    checkpoint_dir_name,
+    latest_checkpoint_dir,
+    read_checkpoint_dir,
+    write_checkpoint_dir,
+)
 from orchestrator.io.paths import is_remote
 from search_space import DiscreteNet, Genotype
 
@@ -60,17 +69,17 @@ def find_run_dir(path: str | os.PathLike) -> Path | str:
     text = os.fspath(path)
     base = text if is_remote(text) else str(Path(text).expanduser())
     if not storage.exists(base):
-        raise InferenceError(f"--run {base} does not exist: expected a retrain run folder (e.g. "
+        raise InferenceError(f"run folder {base} does not exist: expected a retrain run folder (e.g. "
                              "<experiment>/final/retrain) or an experiment folder")
     if not storage.is_dir(base):
-        raise InferenceError(f"--run {base} is a file: expected a retrain run folder (e.g. "
+        raise InferenceError(f"run folder {base} is a file: expected a retrain run folder (e.g. "
                              "<experiment>/final/retrain) or an experiment folder")
     candidates = [base if sub == "." else storage.join(base, sub) for sub in RUN_FOLDERS]
     for candidate in candidates:
         if latest_checkpoint_dir(candidate) is not None:
             return candidate if is_remote(candidate) else Path(candidate).resolve()
     looked = ", ".join(storage.join(c, f"{CHECKPOINT_PREFIX}<k>") for c in candidates)
-    raise InferenceError(f"--run {base} is not a retrain run: no checkpoint found at {looked}. Expected a retrain "
+    raise InferenceError(f"{base} is not a retrain run: no checkpoint found at {looked}. Expected a retrain "
                          "run folder (e.g. <experiment>/final/retrain) or an experiment folder whose final step "
                          "retrained its architecture")
 
@@ -152,3 +161,26 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loa
                               f"genotype describe ({' '.join(first)})") from None
     net.eval().to(device)
     return LoadedRun(net, genotype, cfg, class_names(cfg, num_classes), checkpoint, int(state.get("epoch", 0)))
+
+
+def save_run(directory: str | os.PathLike, net: DiscreteNet, genotype: Genotype, cfg: ExperimentConfig,
+             epoch: int = 0) -> Path:
+    """Write ``net`` as a retrain run folder that `load_run` reads: ``<directory>/checkpoint_epoch<epoch>/``, its
+    state (weights, genotype, config, epoch) and SHA-256 manifest, as the retrain loop writes them.
+
+    Args:
+        directory: the run folder (local), created when missing.
+        net: the network, as `build_network` builds it for ``cfg`` and ``genotype``.
+        genotype: what ``net`` was built from.
+        cfg: the config it was built with (``retrain.filter_multiplier``, ``search_space`` ops and stem, ``data``).
+        epoch: the epoch the checkpoint is named after.
+
+    Returns:
+        The checkpoint folder.
+    """
+    folder = Path(directory).expanduser() / checkpoint_dir_name(epoch)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"format_version": FORMAT_VERSION, "model": net.state_dict(), "genotype": genotype.to_dict(),
+             "config": config_to_dict(cfg), "epoch": epoch}
+    write_checkpoint_dir(folder, state, {"epoch": epoch, "genotype": state["genotype"]})
+    return folder

@@ -17,7 +17,8 @@ is the one place that tells a URI from a local path.
   `pathlib`) is refused: a URI must never become a local folder.
 
 Functions that write return where they wrote: a `Path` for a local path (as callers of `orchestrator.io.atomic`
-expect), the URI string for a URI.
+expect), the URI string for a URI. `check_writable` (and `check_reachable`) let a command refuse a storage path it
+cannot use in seconds, before anything starts, instead of after pyarrow's retries.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import fnmatch
 import io
 import json
 import os
+import socket
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -278,9 +281,107 @@ def files_under(path: PathLike) -> list[str]:
     return sorted(info.path[len(inner):].strip("/") for info in infos if info.is_file)
 
 
+def sizes_under(path: PathLike) -> dict[str, int]:
+    """Every file below ``path`` (recursively) -> its size in bytes, keyed by the path relative to it with ``/``."""
+    fs, inner = resolve(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
+    return {info.path[len(inner):].strip("/"): int(info.size) for info in infos if info.is_file}
+
+
+def copy_to_file(path: PathLike, dest: PathLike, chunk: int = 8 << 20) -> int:
+    """Stream the file ``path`` (local or at a URI) into the local file ``dest`` (its folder made); returns the
+    bytes copied."""
+    fs, inner = resolve(path)
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    with fs.open_input_stream(inner) as src, open(dest, "wb") as out:
+        while block := src.read(chunk):
+            out.write(block)
+            copied += len(block)
+    return copied
+
+
 def delete(path: PathLike) -> None:
     """Remove one file (an object); a missing one is no error."""
     fs, inner = resolve(path)
     if fs.get_file_info(inner).is_file:
         fs.delete_file(inner)
 
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+class StorageError(ValueError):
+    """A storage path a command cannot use: its server not reachable, not writable, or a file where a folder
+    belongs (or the reverse). The message names the path."""
+
+
+PROBE_TIMEOUT_S = 5.0
+"""How long a check waits for an object store's server to accept a connection: a server that is up answers in
+milliseconds; pyarrow's own retries take ~16 s to give up on one that is down."""
+
+
+def _endpoint(url) -> tuple[str, int] | None:
+    """(host, port) of an object store's server named in the URI (``endpoint_override``, ``scheme``) or, for S3,
+    by ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; None for the provider's own endpoint."""
+    query = dict(parse_qsl(url.query))
+    env = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")) if url.scheme == "s3" else None
+    given = query.get("endpoint_override") or env
+    if not given:
+        return None
+    server = urlsplit(given if "://" in given else f"{query.get('scheme', 'https')}://{given}")
+    return server.hostname or "", server.port or (443 if server.scheme == "https" else 80)
+
+
+def check_reachable(path: PathLike, what: str = "storage path") -> None:
+    """Refuse (`StorageError`) a URI whose object store server does not accept a connection within
+    `PROBE_TIMEOUT_S`; local paths and the providers' own endpoints pass."""
+    text = os.fspath(path)
+    if not _is_object_store(text):
+        return
+    endpoint = _endpoint(urlsplit(text))
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise StorageError(f"{what} {text} is not reachable: nothing answers at {endpoint[0]}:{endpoint[1]} "
+                           f"({reason}). Is the storage server running, and is the endpoint right?") from None
+
+
+def _check_local(local: str, text: str, what: str, file: bool) -> None:
+    target = Path(local).expanduser()
+    if file and target.is_dir():
+        raise StorageError(f"{what} {text} is a folder: expected the name of a file to write (e.g. {target}/out)")
+    if not file and target.exists() and not target.is_dir():
+        raise StorageError(f"{what} {text} is a file: expected a folder (or a name for a new one)")
+    folder = target.parent if file else target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"{what} {text}: cannot create the folder {folder} ({err.strerror or err})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"{what} {text}: the folder {folder} is not writable")
+
+
+def check_writable(path: PathLike, what: str = "storage path", *, file: bool = False) -> None:
+    """Refuse (`StorageError`, naming ``what`` and the path) a folder, or with ``file`` a file, that cannot be
+    written: a local one whose folder cannot be created (it is created) or written, a file path that is a folder
+    or a folder path that is a file; a URI whose server is not reachable (`check_reachable`) or that refuses a
+    probe object (written beside the destination and deleted)."""
+    text = os.fspath(path)
+    try:
+        local = local_path(text)
+    except ValueError as err:  # a URI that lost its '//', a file:// URI with a host
+        raise StorageError(f"{what} {text}: {err}") from None
+    if local is not None:
+        _check_local(local, text, what, file)
+        return
+    check_reachable(path, what)
+    probe = join(parent(path) if file else path, f".write-check-{uuid.uuid4().hex[:12]}")
+    try:
+        write_bytes(probe, b"")
+        delete(probe)
+    except (OSError, ValueError) as err:
+        raise StorageError(f"{what} {text} is not writable: {err}") from None
