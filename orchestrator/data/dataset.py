@@ -26,6 +26,7 @@ from orchestrator.data.common import (
 )
 from orchestrator.data.fast_crop import train_crop
 from orchestrator.data.formats import FORMATS, Pair
+from orchestrator.data.remote import local_root
 from orchestrator.data.synthetic import DEFAULT_SIZE
 from orchestrator.data.synthetic_dataset import SyntheticSegmentation
 from orchestrator.data.transforms import EvalTransform, TrainTransform, to_tensors
@@ -97,7 +98,7 @@ def load_dataset(name: str, root: str | Path | None, split: str, *, train: bool,
 
     Args:
         name: one of `DATASETS`: "synthetic" (embedded, no files) or an on-disk format (see `formats`).
-        root: the dataset folder; ignored for "synthetic".
+        root: the dataset folder, or a storage URI copied once per node (`remote`); ignored for "synthetic".
         split: "train" or "val"; also "test" (synthetic, cityscapes, folder), "trainval" (voc, folder),
             "all" (folder).
         train: training augmentation (random scale, pad with ignore, random crop, flip) or the
@@ -142,7 +143,7 @@ def _file_dataset(name: str, root: str | Path | None, split: str, transform, che
     fmt = FORMATS[name]
     if root is None or str(root) == "":
         raise DataError(f"dataset {name!r} needs a root folder; only 'synthetic' runs without files")
-    root = Path(root).expanduser()
+    root = Path(local_root(str(root))).expanduser()  # a storage URI: this node's verified copy (`remote`)
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist or is not a folder: expected the {name} dataset there")
     if split not in fmt.splits:
