@@ -193,7 +193,7 @@ def test_a_retrain_folder_of_another_genotype_is_refused(tiny_yaml: Path, tmp_pa
     code, _, err = run_cli_captured("retrain", ["--arch", "autodeeplab-S", "--config", str(tiny_yaml), "--storage-path",
                                                 str(tmp_path / "runs"), "--name", "mine"], capsys)
     assert_user_error(code, err, f"{tmp_path}/runs/mine holds a checkpoint (checkpoint_epoch0001)",
-                      "not a retrain of this genotype", "Use another --name")
+                      "not a retrain of this genotype", "Use another name (--name or name=...)")
 
 
 @pytest.mark.cluster

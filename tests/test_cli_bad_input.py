@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from helpers import ROOT, free_port, run_cli_captured
 
-import orchestrator.cli
 from orchestrator.config import config_from_dict
 from orchestrator.inference.run import build_network, save_run
 from orchestrator.io import storage
 from orchestrator.io.storage import StorageError, check_writable
 from search_space import Genotype
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 @pytest.fixture
@@ -172,22 +172,3 @@ def test_the_check_writes_and_removes_a_probe_on_a_reachable_store(s3_prefix):
     assert storage.files_under(storage.join(s3_prefix.uri, "runs")) == []
 
 
-def test_connect_ray_is_replaceable_in_the_search_script(monkeypatch, tiny_yaml: Path):
-    """tests/test_faults.py runs experiments/search.py without Ray by replacing the script's ``connect_ray``."""
-    from helpers import load_cli
-
-    called = []
-    script = load_cli("search")
-    monkeypatch.setattr(script, "connect_ray", lambda address=None: called.append(address) or 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        script.main(["--config", str(tiny_yaml), "--no-tune", "--address", "auto-test"])
-    assert called == ["auto-test"]
-    assert orchestrator.cli.connect_ray.__name__ == "refuse"  # and not the real one, here
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -33,19 +33,12 @@ from orchestrator.inference.predict import Padded, predict
 from orchestrator.inference.run import build_network, save_run
 from search_space import Genotype
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
+
 ROOT = Path(__file__).resolve().parents[1]
 GENOTYPE = Genotype.from_dict({"cell": [[["sep_conv_3x3", 0], ["skip_connect", 1]],
                                         [["dil_conv_3x3", 1], ["avg_pool_3x3", 2]]],
                                "path": [0, 1, 2, 1]})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: two spin on a busy machine (tests/test_faults.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ IMPORTS = {name: _imports(path) for name, path in MODULES.items()}
 RULES = [
     ("search_space", ("ray", "orchestrator")),
     ("orchestrator.analysis", ("ray",)),
-    ("orchestrator.io", ("ray.tune", "orchestrator.train", "orchestrator.sweep", "orchestrator.analysis")),
+    ("orchestrator.io", ("ray.tune", "orchestrator.config", "orchestrator.data", "orchestrator.train",
+                         "orchestrator.sweep", "orchestrator.analysis")),
     ("orchestrator.data", ("ray", "orchestrator.train", "orchestrator.sweep", "orchestrator.analysis")),
     ("orchestrator.train", ("ray.tune", "orchestrator.sweep", "orchestrator.analysis")),
     ("orchestrator.config", ("ray", "orchestrator.train", "orchestrator.sweep", "orchestrator.analysis")),

@@ -21,6 +21,7 @@ from orchestrator.config import config_from_dict, with_overrides
 from orchestrator.data import InfiniteLoader, load_dataset, make_loader
 from orchestrator.io import checkpointing as ckpt
 from orchestrator.train.metrics import confusion_matrix, iou_from_confusion
+from orchestrator.train.resume import check_search_state
 from orchestrator.train.search_loop import resume_loader
 from orchestrator.train.search_setup import cosine_lr
 from search_space import Genotype, SuperNet
@@ -86,17 +87,17 @@ def test_rng_state_round_trip():
 def test_checkpoint_from_another_search_space_is_refused():
     space = {"layers": 3, "blocks": 2, "filter_multiplier": 2, "ops": "paper", "stem_channels": [8, 8, 16]}
     state = {"search_space": {**space, "num_classes": 8}}
-    ckpt.check_compatible(state, space, 8)
+    check_search_state(state, space, 8)
     with pytest.raises(ckpt.CheckpointError, match=r"different search space \(layers: checkpoint 3, config 4\)"):
-        ckpt.check_compatible(state, {**space, "layers": 4}, 8)
+        check_search_state(state, {**space, "layers": 4}, 8)
     with pytest.raises(ckpt.CheckpointError, match="ops: checkpoint 'paper', config 'darts'"):
-        ckpt.check_compatible(state, {**space, "ops": "darts"}, 8)
+        check_search_state(state, {**space, "ops": "darts"}, 8)
     with pytest.raises(ckpt.CheckpointError, match="num_classes"):
-        ckpt.check_compatible(state, space, 19)
+        check_search_state(state, space, 19)
     # A checkpoint from before search_space.head existed was made with the paper's head.
-    ckpt.check_compatible(state, {**space, "head": "aspp"}, 8)
+    check_search_state(state, {**space, "head": "aspp"}, 8)
     with pytest.raises(ckpt.CheckpointError, match="head: checkpoint 'aspp', config 'decoder'"):
-        ckpt.check_compatible(state, {**space, "head": "decoder"}, 8)
+        check_search_state(state, {**space, "head": "decoder"}, 8)
 
 
 def test_resumed_loader_draws_what_the_uninterrupted_one_draws():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from typing import TYPE_CHECKING
 
 from orchestrator.cli import command_parser, connect_ray, print_config, run_arguments, storage_label, user_errors
@@ -55,23 +54,6 @@ def read_genotype(path: str) -> Genotype:
     return Genotype.from_json(text, source=str(path))
 
 
-def check_resumable(directory: str, genotype: Genotype) -> None:
-    """Refuse a run folder whose latest checkpoint retrains another genotype (reusing --name would resume it)."""
-    from orchestrator.io.checkpointing import MANIFEST_FILE, CheckpointError, latest_checkpoint_dir, read_manifest
-
-    latest = latest_checkpoint_dir(directory)
-    manifest = read_manifest(latest) if latest is not None else None
-    if manifest is None:
-        return  # none, or unreadable: the workers' verification reports it
-    saved = manifest.get("genotype")
-    if saved != genotype.to_dict():
-        raise CheckpointError(
-            f"run folder {directory} holds a checkpoint ({store.basename(latest)}) that is not a retrain of this "
-            f"genotype (its {MANIFEST_FILE} has genotype {json.dumps(saved)}); this run would resume it. Use another "
-            "--name, or the genotype the run was started with."
-        )
-
-
 def _print_config(args: argparse.Namespace, cfg, run: str) -> int:
     from orchestrator.config.loading import config_sources
 
@@ -101,11 +83,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             return _print_config(args, cfg, store.join(storage, name))
         from orchestrator.data.preflight import check_retrain_data
         from orchestrator.data.roles import describe
+        from orchestrator.train.resume import check_retrain_folder
         from orchestrator.train.trainers import check_diverged, check_resources, run_dir, run_retrain
 
         check_retrain_data(cfg)
         store.check_writable(storage, storage_label(args.storage_path))
-        check_resumable(run_dir(storage, name), genotype)
+        check_retrain_folder(run_dir(storage, name), genotype.to_dict())
         connect_ray(args.address)
         check_resources(cfg, cfg.retrain.num_workers, "retrain.num_workers")
         print(f"retraining {genotype} with F={cfg.retrain.filter_multiplier} for {cfg.retrain.epochs} epochs",

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.config import SEARCH_SPACE_KEY_DEFAULTS, SEARCH_SPACE_KEYS
 from orchestrator.io import storage
 from orchestrator.io.atomic import write_json
 from orchestrator.io.paths import is_remote
@@ -191,21 +190,6 @@ def read_newest_valid(checkpoint: Any, warn: Callable[[str], None],
         f"({'; '.join(failures)}). Nothing can be resumed: move the run folder away to start it afresh, or run "
         "under another name."
     )
-
-
-def check_compatible(state: dict[str, Any], search_space: dict[str, Any], num_classes: int,
-                     source: str = "checkpoint") -> None:
-    """Refuse a checkpoint whose supernet shape (L, B, F, ops, stem, classes) differs from the config's."""
-    saved = {**SEARCH_SPACE_KEY_DEFAULTS, **state.get("search_space", {})}
-    given = {**SEARCH_SPACE_KEY_DEFAULTS, **search_space}
-    want = {**{k: given[k] for k in SEARCH_SPACE_KEYS}, "num_classes": num_classes}
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v]
-    if diffs:
-        raise CheckpointError(
-            f"{source} was made with a different search space ({'; '.join(diffs)}): its weights, alpha and beta "
-            "do not fit this supernet. Resume with the config it was made with, or start a new run under "
-            "another name."
-        )
 
 
 # ---------------------------------------------------------------------------------------------- RNG state

@@ -84,7 +84,8 @@ def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
 
 def run_pipeline(cfg: ExperimentConfig, seed: int, out: str) -> dict[str, Any]:
     """The shipped chain at ``seed`` up to its choice (``final/choice.json``, reused when it exists)."""
-    from orchestrator.sweep.chain import CHOICE_FILE, run_experiment
+    from orchestrator.sweep.chain import run_experiment
+    from orchestrator.sweep.selection import CHOICE_FILE
 
     name = f"pipeline-seed{seed}"
     exp_dir = storage.join(out, "searches", name)

@@ -19,11 +19,11 @@ from orchestrator.analysis.leaderboard import (
 )
 from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
 from orchestrator.io import storage
-from orchestrator.io.atomic import write_json
 from orchestrator.io.checkpointing import latest_checkpoint_dir
 from orchestrator.io.numbers import is_finite
 from orchestrator.io.paths import absolute, is_remote
 from orchestrator.sweep.final import FinalActor
+from orchestrator.sweep.selection import choose_architecture
 from orchestrator.sweep.tune_driver import best_result, experiment_dir, run_sweep, trial_id_of
 
 
@@ -127,28 +127,6 @@ def _by_architecture(cfg: ExperimentConfig, grid, exp_dir: str, best):
 
     rows = rank_trials(cfg, {trial_id_of(r): _checkpoint_of(r, exp_dir) for r in ok}, exp_dir)
     return next(r for r in ok if trial_id_of(r) == rows[0]["trial_id"])
-
-
-CHOICE_FILE = "choice.json"
-"""``final/choice.json``: the decoded genotype, the one the final step chose, and the time each stage took."""
-
-
-def choose_architecture(actor: Any, cfg: ExperimentConfig, exp_dir: str, facts: dict[str, Any]) -> dict[str, Any]:
-    """The candidates of the best trial (``candidates[0]`` is the decoded one), short-retrained when
-    ``selection.top_k > 1``; writes and returns ``final/choice.json``."""
-    start = time.time()
-    ranked = ray.get(actor.candidates.remote(config_to_dict(cfg), exp_dir, facts))
-    genotype, selection = ranked[0], None
-    if cfg.selection.top_k > 1 and len(ranked) > 1:
-        from orchestrator.sweep.selection import short_retrain_selection
-
-        genotype, selection = short_retrain_selection(cfg, ranked[:cfg.selection.top_k],
-                                                      storage.join(exp_dir, "final", "selection"))
-    choice = {"decoded": ranked[0], "selected": genotype, "candidates": len(ranked[:cfg.selection.top_k]),
-              "search_seconds": facts["search_seconds"], "selection_seconds": round(time.time() - start, 1),
-              "best_trial": facts["trial_id"], "checkpoint": facts["checkpoint_path"], "short_retrains": selection}
-    write_json(storage.join(exp_dir, "final", CHOICE_FILE), choice)
-    return choice
 
 
 def _validate_in_chain(cfg: ExperimentConfig, exp_dir: str, summary: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 the final step's top-k candidates are short-retrained as Tune trials with ASHA on ``selection.metric`` (the
 retrain mIoU, or the training loss: a training-speed estimate, Ru et al. 2021), and the winner gets the full
 retrain (``selection.top_k``, ``selection.short_epochs``, ``selection.seeds``: a candidate ranks by the mean over
-its seeds).
+its seeds). `choose_architecture` is the whole decision: the best trial's candidates (the decoded genotype first),
+their short retrains when ``selection.top_k > 1``, and ``final/choice.json``.
 
 A short retrain is the retrain section with ``retrain.epochs = selection.short_epochs``, at the experiment's
 seed and the ``selection.seeds - 1`` after it. The winner is the candidate that ran the most epochs (ASHA's
@@ -13,11 +14,13 @@ survivor) with the best metric there; ties go to the better-ranked candidate. Th
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
+import ray
 from ray.tune.schedulers import ASHAScheduler
 
-from orchestrator.config import SELECTION_METRICS, ExperimentConfig, with_overrides
+from orchestrator.config import SELECTION_METRICS, ExperimentConfig, config_to_dict, with_overrides
 from orchestrator.io import storage
 from orchestrator.io.atomic import write_json
 from orchestrator.io.numbers import finite_or_nan
@@ -86,3 +89,23 @@ def short_retrain_selection(cfg: ExperimentConfig, genotypes: list[dict], path: 
         print(f"selection: {row['label']} path {row['path']} {shown} after {row['epochs']} epochs{mark}",
               flush=True)
     return rows[winner]["genotype"], table
+
+
+CHOICE_FILE = "choice.json"
+"""``final/choice.json``: the decoded genotype, the one the final step chose, and the time each stage took."""
+
+
+def choose_architecture(actor: Any, cfg: ExperimentConfig, exp_dir: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """The candidates of the best trial (``candidates[0]`` is the decoded one), short-retrained when
+    ``selection.top_k > 1``; writes and returns ``final/choice.json``."""
+    start = time.time()
+    ranked = ray.get(actor.candidates.remote(config_to_dict(cfg), exp_dir, facts))
+    genotype, selection = ranked[0], None
+    if cfg.selection.top_k > 1 and len(ranked) > 1:
+        genotype, selection = short_retrain_selection(cfg, ranked[:cfg.selection.top_k],
+                                                      storage.join(exp_dir, "final", "selection"))
+    choice = {"decoded": ranked[0], "selected": genotype, "candidates": len(ranked[:cfg.selection.top_k]),
+              "search_seconds": facts["search_seconds"], "selection_seconds": round(time.time() - start, 1),
+              "best_trial": facts["trial_id"], "checkpoint": facts["checkpoint_path"], "short_retrains": selection}
+    write_json(storage.join(exp_dir, "final", CHOICE_FILE), choice)
+    return choice

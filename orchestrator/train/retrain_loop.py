@@ -31,6 +31,7 @@ from orchestrator.config import ExperimentConfig, config_from_dict, config_to_di
 from orchestrator.data import make_loader, role_dataset, seed_sampler, set_pass
 from orchestrator.io import checkpointing as ckpt
 from orchestrator.train.metrics import iou_from_confusion, nan_to_none, pixel_accuracy
+from orchestrator.train.resume import check_retrain_state
 from orchestrator.train.steps import StepOptions, weight_step
 from orchestrator.train.worker import (
     Place,
@@ -103,8 +104,7 @@ def _resume(net: nn.Module, optimizer: torch.optim.Optimizer, genotype: Genotype
     if resume.state is None:
         return 0, frozenset()
     state = resume.state
-    if state.get("genotype") != genotype.to_dict():
-        raise ckpt.CheckpointError(f"checkpoint {resume.path} retrains another genotype")
+    check_retrain_state(state, genotype.to_dict(), source=f"checkpoint {resume.path}")
     net.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     ckpt.set_rng_state(state["rng"])

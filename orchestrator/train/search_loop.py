@@ -57,6 +57,7 @@ from orchestrator.train.metrics import (
     param_free_ops,
     pixel_accuracy,
 )
+from orchestrator.train.resume import check_search_state
 from orchestrator.train.search_setup import (
     SearchData,
     build_data,
@@ -136,7 +137,7 @@ def load_resume_state(cfg: ExperimentConfig, num_classes: int, rank: int = 0) ->
     if resume.state is None:
         return resume
     state = resume.state
-    ckpt.check_compatible(state, search_space_of(cfg), num_classes, source=f"checkpoint {resume.path}")
+    check_search_state(state, search_space_of(cfg), num_classes, source=f"checkpoint {resume.path}")
     if state["split_seed"] != cfg.data.split_seed:
         raise ckpt.CheckpointError(
             f"checkpoint {resume.path} was made with data.split_seed={state['split_seed']}, the config has "

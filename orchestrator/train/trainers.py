@@ -13,7 +13,6 @@ names are derived from the config (`orchestrator.config.derive_name`), never fro
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,18 +20,16 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.config import (
-    SEARCH_SPACE_KEY_DEFAULTS,
     ExperimentConfig,
     config_to_dict,
     save_config,
     search_space_of,
 )
-from orchestrator.io import checkpointing as ckpt
 from orchestrator.io import storage
-from orchestrator.io.checkpointing import CheckpointError, latest_checkpoint_dir
 from orchestrator.io.paths import absolute, is_remote
 from orchestrator.train import capacity
 from orchestrator.train.capacity import ResourceError as ResourceError  # where the entry points look for it
+from orchestrator.train.resume import check_search_folder
 from orchestrator.train.retrain_loop import retrain_fn_per_worker
 from orchestrator.train.search_loop import train_fn_per_worker
 from orchestrator.train.worker import EPOCHS_DIR
@@ -50,30 +47,6 @@ def run_dir(storage_path: str, name: str) -> str:
 
 def _base(storage_path: str) -> str:
     return absolute(os.path.expanduser(storage_path))
-
-
-def check_resumable(cfg: ExperimentConfig, directory: str | os.PathLike) -> Path | None:
-    """Refuse, before any worker starts, a run folder whose latest checkpoint has another search space.
-
-    The workers check again with the full state (and the number of classes); this catches the common case
-    (an edited config reusing a name) in a second instead of after a worker-group start and its retries.
-    """
-    latest = latest_checkpoint_dir(directory)
-    if latest is None:
-        return None
-    manifest = ckpt.read_manifest(latest)
-    if manifest is None:
-        return latest  # unreadable: let the workers' verification report it
-    saved = {**SEARCH_SPACE_KEY_DEFAULTS, **manifest.get("search_space", {})}
-    want = search_space_of(cfg)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in want.items() if saved.get(k) != v]
-    if diffs:
-        raise CheckpointError(
-            f"run folder {directory} holds a checkpoint ({latest.name}) made with a different search space "
-            f"({'; '.join(diffs)}); running this config under the same name would resume it. Use another name "
-            "(name=... or --name), another storage_path, or the config the run was started with."
-        )
-    return latest
 
 
 def read_epochs(directory: str | os.PathLike) -> list[dict[str, Any]]:
@@ -114,7 +87,7 @@ def make_trainer(cfg: ExperimentConfig, storage_path: str, name: str, *, callbac
     """
     directory = run_dir(storage_path, name)
     if not is_remote(directory):
-        check_resumable(cfg, directory)
+        check_search_folder(directory, search_space_of(cfg))
     save_config(cfg, storage.join(directory, "config.yaml"))
     loop_config = {"config": config_to_dict(cfg), "stop_at_epoch": stop_at_epoch, "run_dir": directory}
     return torch_trainer(train_fn_per_worker, loop_config, cfg, (storage_path, name), cfg.scaling.num_workers,
