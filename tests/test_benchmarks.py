@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "experiments" / "benchmarks"
 
 # Stands in for a checkout of the public port: the same constructor and methods the benchmark uses, and the
 # two things it needs switched to run on CPU (it fails unless the benchmark switched them).
@@ -38,7 +39,7 @@ class AutoDeeplab(nn.Module):
 
 
 def _bench(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_supernet.py"), "--smoke-test",
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_supernet.py"), "--smoke-test",
                            "--no-flops", "--threads", "1", "--json", *args],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
@@ -63,7 +64,7 @@ def test_bench_supernet_times_the_port_in_the_same_rounds(tmp_path: Path):
 
 
 def test_bench_data_measures_the_pipeline_against_decoding():
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_data.py"), "--images", "2", "--rounds",
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_data.py"), "--images", "2", "--rounds",
                            "1", "--size", "320x160", "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

@@ -346,7 +346,7 @@ def test_synthetic_covers_every_class():
 
 def test_synthetic_markers_scale_with_the_image():
     """The context cue sits a fixed fraction of the side from a marker, so markers grow with the image too (a
-    stride-32 map must be able to outline them at 128 px; experiments/arch_sensitivity.py)."""
+    stride-32 map must be able to outline them at 128 px; experiments/studies/arch_sensitivity.py)."""
     fractions = []
     for size in (64, 128):
         labels = np.stack([generate(0, "train", i, size)[1] for i in range(16)])

@@ -1,4 +1,4 @@
-"""experiments/proxy_fidelity.py: reading a validation and scoring a short-retrain proxy against it (no Ray)."""
+"""experiments/studies/proxy_fidelity.py: reading a validation and scoring a short-retrain proxy against it (no Ray)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "studies"))
 
 import proxy_fidelity  # noqa: E402
 

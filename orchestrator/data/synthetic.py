@@ -12,7 +12,7 @@ three numbers (not on the worker process or on what was drawn before). The class
   blob, so the image as a whole does not tell. Markers and halo scale with the image, so at any size the
   marker's centre is a fifth to a quarter of the side from the cue: a stride-4-8 path has too small a receptive
   field at 128 px, while a stride-32 path sees it and its coarse map can still outline a marker (see
-  experiments/arch_sensitivity.py for the measurement).
+  experiments/studies/arch_sensitivity.py for the measurement).
 - ``dot``: discs of radius 2-4 px, among look-alike rings; ``curve``: 1-2 px curves that wiggle with a period
   of 10-18 px, among straight look-alike lines (small and thin: they need a high-resolution path).
 - ``background``: one of scikit-image's bundled textures (brick, grass, gravel), tinted; brick's mortar lines

@@ -1,9 +1,9 @@
 """Benchmark one supernet search step: time, peak memory, parameters, FLOPs and the fraction of peak.
 
-    python experiments/bench_supernet.py --ops darts --crop 129 --batch 2 --json
-    python experiments/bench_supernet.py --ops darts --vs=--rev=e08581b --vs=--checkpoint-cells --rounds 3
-    python experiments/bench_supernet.py --device cuda --crop 321 --amp bf16 --channels-last --json
-    python experiments/bench_supernet.py --smoke-test
+    python experiments/benchmarks/bench_supernet.py --ops darts --crop 129 --batch 2 --json
+    python experiments/benchmarks/bench_supernet.py --ops darts --vs=--rev=e08581b --vs=--checkpoint-cells --rounds 3
+    python experiments/benchmarks/bench_supernet.py --device cuda --crop 321 --amp bf16 --channels-last --json
+    python experiments/benchmarks/bench_supernet.py --smoke-test
 
 A step is what one iteration of the first-order search does, timed with the search loop's own functions
 (`orchestrator.train.steps`): a weight step (zero grads, forward on a trainA batch, cross-entropy, backward,
@@ -45,7 +45,7 @@ import time
 
 from orchestrator.cli import HelpFormatter
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 PORT_CPU = {  # the public port on this machine type, 2 threads (docs/notes/public-port.md): step s median, peak RSS GB
     (12, 5, 8, 65): (15.9, 1.19), (12, 5, 8, 129): (18.4, 2.75), (12, 5, 8, 321): (41.0, 13.9),
     (6, 5, 4, 65): (4.46, 0.52),

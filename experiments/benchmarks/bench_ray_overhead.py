@@ -1,8 +1,8 @@
 """What running the search inside Ray Train costs: the same search loop with and without Ray, per epoch.
 
-    python experiments/bench_ray_overhead.py                                 # default.yaml, 4 epochs, 2 rounds
-    python experiments/bench_ray_overhead.py --config experiments/configs/smoke.yaml --epochs 2 --rounds 1
-    python experiments/bench_ray_overhead.py search.max_steps_per_epoch=8 --json
+    python experiments/benchmarks/bench_ray_overhead.py                      # default.yaml, 4 epochs, 2 rounds
+    python experiments/benchmarks/bench_ray_overhead.py --config experiments/configs/smoke.yaml --epochs 2 --rounds 1
+    python experiments/benchmarks/bench_ray_overhead.py search.max_steps_per_epoch=8 --json
 
 Two variants of one `TorchTrainer` over `orchestrator.train.search_loop.train_fn_per_worker`, each in a fresh process:
 
@@ -32,7 +32,7 @@ import time
 
 from orchestrator.cli import HelpFormatter
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 VARIANTS = ("local", "ray")
 
 

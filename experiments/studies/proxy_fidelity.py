@@ -1,7 +1,7 @@
 """How well do short retrains rank architectures? The proxy behind `selection` (short retrains pick the winner),
 measured against full retrains.
 
-    python experiments/proxy_fidelity.py --validation results/<v>/validation.json \\
+    python experiments/studies/proxy_fidelity.py --validation results/<v>/validation.json \\
         --config results/<experiment>/config.yaml --epochs 5 8 --out results/proxy
 
 Every architecture of a finished validation (searched and random ones, with their full-budget retrain mIoU) is

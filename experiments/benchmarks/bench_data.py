@@ -1,7 +1,7 @@
 """Data loading at the paper's scale: how many training images per second one loader worker delivers.
 
-    python experiments/bench_data.py                    # 6 generated Cityscapes-format files, 3 rounds
-    python experiments/bench_data.py --json --images 4 --rounds 2
+    python experiments/benchmarks/bench_data.py                    # 6 generated Cityscapes-format files, 3 rounds
+    python experiments/benchmarks/bench_data.py --json --images 4 --rounds 2
 
 Generates Cityscapes-format files in a temporary folder (``leftImg8bit/train/<city>/*_leftImg8bit.png``, 2048x1024
 RGB with smooth content, edges and mild noise; ``gtFine/train/<city>/*_gtFine_labelIds.png`` with regions of
@@ -32,7 +32,7 @@ import time
 
 from orchestrator.cli import HelpFormatter
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 CITY_IDS = (7, 8, 11, 12, 17, 19, 20, 21, 22, 23, 24, 26, 0)  # road ... car, and 0 (unlabeled: ignore)
 
 

@@ -32,10 +32,10 @@ the stride-4-8 net (mIoU 0.15 / 0.29, blob 0.34 / 0.68, markers 0.17 / 0.28 with
 there the search head cannot favour the deep path for context. Curves (1-2 px) stay near zero for every net
 here: no output is finer than stride 4.
 
-    python experiments/arch_sensitivity.py                    # the table above
-    python experiments/arch_sensitivity.py --head deeplabv3+  # the retrain head
-    python experiments/arch_sensitivity.py --paths stride4-8,stride16,stride32 --cell dil
-    python experiments/arch_sensitivity.py --smoke-test
+    python experiments/studies/arch_sensitivity.py                    # the table above
+    python experiments/studies/arch_sensitivity.py --head deeplabv3+  # the retrain head
+    python experiments/studies/arch_sensitivity.py --paths stride4-8,stride16,stride32 --cell dil
+    python experiments/studies/arch_sensitivity.py --smoke-test
 """
 
 from __future__ import annotations
