@@ -121,3 +121,23 @@ def tf_scalars(*paths: Path) -> dict[str, dict[int, float]]:
                 if value.WhichOneof("value") == "simple_value":
                     found.setdefault(value.tag, {})[event.step] = value.simple_value
     return found
+
+
+def constant_predictor_miou(config: Any, role: str = "select") -> float:
+    """The mIoU on a role's split (``select``: val_*, ``report``: test_*) of the best trivial predictor: one class
+    everywhere, whichever class scores best. A trained network's mIoU must beat it: a check that ``0 <= m <= 1``
+    would pass for a network that learned nothing."""
+    import numpy as np
+
+    from orchestrator.config import ExperimentConfig, config_from_dict
+    from orchestrator.data import role_dataset
+
+    cfg = config if isinstance(config, ExperimentConfig) else config_from_dict(config)
+    ds = role_dataset(cfg.data, role, train=False, crop_size=cfg.retrain.crop_size,
+                      extra=cfg.retrain.val_options if role == "select" else None)
+    counts = np.zeros(ds.num_classes)
+    for i in range(len(ds)):
+        label = ds[i][1].numpy().ravel()
+        counts += np.bincount(label[label != ds.ignore_index], minlength=ds.num_classes)[:ds.num_classes]
+    present = int((counts > 0).sum())
+    return float(counts.max() / counts.sum() / present)  # IoU of the constant class; 0 for the other present ones

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import constant_predictor_miou
 
 from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms
 from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, yardstick
@@ -131,7 +132,8 @@ def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
     result = json.loads((out / "arms.json").read_text())
     assert set(result["arms"]) == {"pipeline", "decoded", "random-search", "random"}
     assert result["eval_seeds"] == [100, 101] and result["search_seeds"] == [0, 1]
-    assert all(len(r["test_miou"]) == 2 and all(0 <= v <= 1 for v in r["test_miou"])
+    floor = constant_predictor_miou(result["config"], "report")
+    assert all(len(r["test_miou"]) == 2 and all(floor < v <= 1 for v in r["test_miou"])
                for r in result["architectures"])
     assert {p["n"] for p in result["paired_test_miou"]} == {2}
     for seed in (0, 1):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import PNG
+from helpers import PNG, constant_predictor_miou
 from local_cluster import cluster_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,17 @@ def test_final_genotype_builds_a_discrete_net(smoke_job):
 def test_summary_has_retrain_miou_and_tensorboard_logs_exist(smoke_job):
     _, exp = smoke_job
     summary = json.loads((exp / "final" / "summary.json").read_text())
-    miou = summary["retrain"]["val_miou"]
-    assert isinstance(miou, float) and 0.0 <= miou <= 1.0
+    retrain = summary["retrain"]
+    assert retrain["val_miou"] > constant_predictor_miou(summary["config"], "select")  # it learned something
+    assert retrain["test_miou"] > constant_predictor_miou(summary["config"], "report")
+    assert summary["splits"] == {"val": "synthetic val", "test": "synthetic test"}
+    # the shipped selection path: the decoded genotype and a sampled one, short-retrained, the better one retrained
+    selection = json.loads((exp / "final" / "selection.json").read_text())
+    choice = json.loads((exp / "final" / "choice.json").read_text())
+    assert len(selection["candidates"]) == 2 and choice["decoded"] == selection["candidates"][0]["genotype"]
+    winner = next(c for c in selection["candidates"] if c["label"] == selection["winner"])
+    assert winner["val_miou"] == max(c["val_miou"] for c in selection["candidates"])
+    assert summary["genotype"] == winner["genotype"] == choice["selected"]
     assert summary["best_trial"] and summary["genotype"]["path"]
     assert len(summary["retrain"]["per_class_iou"]) == len(summary["retrain"]["classes"])
     trial_events = list(exp.glob("train-*/tensorboard/events.out.tfevents.*"))
@@ -92,6 +101,7 @@ def test_impossible_resources_fail_fast_with_a_clear_message(ray_cluster, tmp_pa
            "scaling.cpus_per_worker=16"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "error: one trial needs CPU=" in proc.stderr
+    assert "error: one trial (tune.trial_cpus=0.1 + 2 workers of scaling.cpus_per_worker=16) needs CPU=" in \
+        " ".join(proc.stderr.split())
     assert "scaling.cpus_per_worker" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("*/train-*"))  # nothing started

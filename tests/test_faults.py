@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 from conftest import FOUR_EPOCHS
-from helpers import ROOT, epochs_of, figure, load_cli
+from helpers import ROOT, constant_predictor_miou, epochs_of, figure, load_cli
 from local_cluster import alive, cluster_env, raylet_hosting
 
 from orchestrator.config import config_from_dict, config_to_dict, load_config, save_config, with_overrides
@@ -388,10 +388,10 @@ def test_a_lost_worker_node_loses_no_finished_epoch_and_changes_nothing(ray_clus
     assert "error" not in outcome, outcome.get("error")
     label, raylet = wait_for(lambda: raylet_hosting("ray::RayTrainWorker", ray_cluster.root), 30,
                              "the Train workers' raylet", poll=0.05)
-    finished_before = len(epochs_of(run))
     os.kill(raylet, signal.SIGKILL)  # the node is gone: its raylet, and with it the workers it hosted
+    finished_before = len(epochs_of(run))  # read after the kill: the checked moment is before the last epoch
     killed_at = time.time() - start
-    assert label != "head" and finished_before < 4
+    assert label != "head" and finished_before < 4, f"the kill landed after {finished_before} of 4 epochs"
     wait_for(lambda: not alive(raylet), 10, "the raylet to die")
     ray_cluster.add_node("spare")  # resources return, as an autoscaler would bring them; it stays for later tests
     thread.join(900)
@@ -431,7 +431,7 @@ KILLED_SWEEP = {
     # search.lr=1e30 diverges within its first epoch (the weight decay step alone overflows float32)
     "tune": {"param_space": {"search.lr": {"grid": [1.0e30, 0.025, 0.02]}}, "scheduler": "fifo",
              "max_concurrent_trials": 1},
-    "retrain": {"epochs": 1, "crop_size": 32, "batch_size": 2, "filter_multiplier": 2, "num_workers": 2},
+    "retrain": {"epochs": 8, "crop_size": 32, "batch_size": 2, "filter_multiplier": 2, "num_workers": 2},
 }
 
 
@@ -518,6 +518,6 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_or_losing_anything(ray_
         assert last["epoch"] == 3 and last["resumed_from_epoch"] >= 1, last
     assert "diverged" in out  # the leaderboard shows the diverged trial and why
     assert json.loads((exp / "sweep.json").read_text())["status"] == "finished"
-    assert 0.0 <= summary["retrain"]["val_miou"] <= 1.0
+    assert summary["retrain"]["val_miou"] > constant_predictor_miou(summary["config"], "select")
     print(f"\ndriver killed at {killed_at:.0f} s ({len(ended)} trials ended, {running} running); "
           f"whole test {time.time() - start:.0f} s")

@@ -104,10 +104,10 @@ def validation_figure(result: dict):
         color = colors[i % len(colors)]
         ax.axvline(s["mean"], color=color, linewidth=2,
                    label=f"{s['experiment']} (percentile {s['percentile']:.0f})")
-        ax.plot(s["val_miou"], [0.1 + 0.05 * i] * len(s["val_miou"]), "x", color=color)
+        ax.plot(s["test_miou"], [0.1 + 0.05 * i] * len(s["test_miou"]), "x", color=color)
     ax.set_yticks([])
     ax.set_ylim(-0.3, 0.6)
-    ax.set_xlabel("retrain val mIoU")
+    ax.set_xlabel("retrain test mIoU (evaluation seeds)")
     ax.set_title("searched genotypes against random ones from the same space")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
