@@ -110,8 +110,11 @@ def test_summary_scores_each_arm_by_the_mean_over_evaluation_seeds_and_draws():
     assert pair["mean"] == pytest.approx(((0.41 - 0.31) + (0.41 - 0.35)) / 2) and pair["wins"] == 2
     assert result["arms"]["pipeline"]["val_miou"] == pytest.approx(0.51)
     assert result["yardstick"]["random"]["architectures"] == 2
-    text = arms_text(result)
-    assert "| pipeline | 0.410 | 0.510 |" in text and "pipeline - decoded" in text
+    search_seeds = {"search_seeds": [0, 1], "eval_seeds": [100, 101]}
+    for shown in ({**result, **search_seeds}, json.loads(json.dumps({**result, **search_seeds}))):  # as read back
+        text = arms_text(shown)
+        assert "| pipeline | 0.410 | 0.510 | 0.410 0.410 |" in text and "pipeline - decoded" in text
+        assert "| decoded | 0.330 | 0.430 | 0.310 0.350 |" in text
 
 
 @pytest.mark.slow

@@ -73,13 +73,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) and math.isfinite(value) else "-"
 
 
+def seed_score(arm: dict[str, Any], seed: int) -> float:
+    """An arm's test mIoU at one search seed, from a fresh result or one read back from JSON (string keys)."""
+    per = arm["per_seed_test_miou"]
+    return per.get(seed, per.get(str(seed), math.nan))
+
+
 def arms_text(result: dict[str, Any]) -> str:
     """Markdown tables: per arm the mean test mIoU (and val), then every paired difference with its interval,
     then the yardstick."""
     lines = [f"search seeds {result['search_seeds']}, evaluation seeds {result['eval_seeds']} (test split)", "",
              "| arm | test mIoU | val mIoU | per search seed (test) |", "|---|---|---|---|"]
     for arm, a in result["arms"].items():
-        per = " ".join(_fmt(a["per_seed_test_miou"].get(s)) for s in result["search_seeds"])
+        per = " ".join(_fmt(seed_score(a, s)) for s in result["search_seeds"])
         lines.append(f"| {arm} | {_fmt(a['test_miou'])} | {_fmt(a['val_miou'])} | {per} |")
     lines += ["", "| A - B | mean | 95% bootstrap interval | A wins |", "|---|---|---|---|"]
     for p in result["paired_test_miou"]:
@@ -104,10 +110,10 @@ def arms_figure(result: dict[str, Any]):
     ax = fig.add_subplot(111)
     arms = list(result["arms"])
     for seed in result["search_seeds"]:
-        ys = [result["arms"][a]["per_seed_test_miou"].get(seed, math.nan) for a in arms]
+        ys = [seed_score(result["arms"][a], seed) for a in arms]
         ax.plot(range(len(arms)), ys, color="0.75", linewidth=0.8, zorder=1)
     for i, arm in enumerate(arms):
-        ys = [result["arms"][arm]["per_seed_test_miou"].get(s, math.nan) for s in result["search_seeds"]]
+        ys = [seed_score(result["arms"][arm], s) for s in result["search_seeds"]]
         ax.scatter([i] * len(ys), ys, zorder=2, label=arm)
         ax.hlines(result["arms"][arm]["test_miou"], i - 0.25, i + 0.25, color="black", zorder=3)
     ax.set_xticks(range(len(arms)), arms)
