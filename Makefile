@@ -25,12 +25,16 @@ smoke: venv
 	$(PY) experiments/search.py --config experiments/configs/smoke.yaml
 
 FAST := -m "not slow and not cluster" --durations=15 --timeout=300
-SLOW := -m "slow or cluster" --durations=15 --timeout=1800
+SLOW := -m "(slow or cluster) and not isolated" --durations=15 --timeout=1800
+ISOLATED := -m isolated --durations=5 --timeout=1800
 
-test: venv  ## the whole suite: lint, the fast tests (no Ray at all), then the slow and cluster tests
+# The whole suite: lint, the fast tests (no Ray at all), the slow and cluster tests (one shared cluster), then the
+# tests that start a Ray cluster of their own (autoscaling, token auth), in a session of their own: one Ray at a time.
+test: venv
 	$(PY) -m ruff check .
 	ADL_TESTS_NO_RAY=1 $(PY) -m pytest -q $(FAST)
 	$(PY) -m pytest -q $(SLOW)
+	$(PY) -m pytest -q $(ISOLATED)
 
 test-fast: venv  ## the fast tests only; starts no Ray (the run fails if anything does)
 	ADL_TESTS_NO_RAY=1 $(PY) -m pytest -q $(FAST)

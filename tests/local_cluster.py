@@ -48,16 +48,34 @@ def _processes() -> dict[int, tuple[int, str]]:
     return out
 
 
-def pids_of(marker: str) -> set[int]:
-    """Processes whose command line mentions ``marker``, and all their descendants."""
-    procs = _processes()
-    found = {pid for pid, (_, cmd) in procs.items() if marker in cmd and pid != os.getpid()}
+def _with_descendants(found: set[int], procs: dict[int, tuple[int, str]]) -> set[int]:
     grew = True
     while grew:
         children = {pid for pid, (ppid, _) in procs.items() if ppid in found} - found
         grew = bool(children)
         found |= children
     return found
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def pids_of(marker: str) -> set[int]:
+    """Processes whose command line mentions ``marker``, and all their descendants."""
+    procs = _processes()
+    return _with_descendants({pid for pid, (_, cmd) in procs.items() if marker in cmd and pid != os.getpid()}, procs)
+
+
+def pids_under(root: Path) -> set[int]:
+    """Every process of a cluster kept in ``root``: its folder on the command line or its working folder inside
+    it (Ray's client server names neither), and all their descendants."""
+    procs = _processes()
+    return _with_descendants({pid for pid, (_, cmd) in procs.items() if pid != os.getpid() and
+                              (str(root) in cmd or _cwd(pid).startswith(str(root)))}, procs)
 
 
 def alive(pid: int) -> bool:
