@@ -2,6 +2,7 @@
 
     adl search --config experiments/configs/default.yaml              # sweep -> decode -> retrain, on Ray
     adl retrain --arch autodeeplab-S --config experiments/configs/cityscapes.yaml
+    adl validate --config experiments/configs/default.yaml --out results/arms   # four arms, equal compute, test split
     adl validate --experiment results/<name>                          # the searched genotype against random ones
     adl analyze results/<name>                                        # leaderboard, tables and plots, no Ray
     adl evaluate --experiment results/<name>                          # mIoU, single- and multi-scale, no Ray
@@ -24,7 +25,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("orchestrator.commands.search", "run the search on Ray: Tune sweep, decode, retrain the best"),
     "retrain": ("orchestrator.commands.retrain", "retrain a genotype or a published architecture on Ray Train"),
-    "validate": ("orchestrator.commands.validate", "does the search beat random architectures? (on Ray)"),
+    "validate": ("orchestrator.commands.validate", "does the search beat chance? arms at equal compute (on Ray)"),
     "analyze": ("orchestrator.analysis.cli", "read an experiment folder: leaderboard, tables, plots (no Ray)"),
     "evaluate": ("orchestrator.commands.evaluate", "mIoU and per-class IoU of a retrained network (no Ray)"),
     "predict": ("orchestrator.commands.predict", "segment images with a retrained network (no Ray)"),
