@@ -44,9 +44,11 @@ def genotype_key(genotype: Genotype) -> str:
 def retrain_inputs(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything a retrain's result depends on besides genotype and seed: the retrain section, the data each
     role's split is built from (as the retrain resolves it, so two configs whose searches differ but whose
-    retrains read the same images share their runs), the stem and op family, bf16."""
+    retrains read the same images share their runs), the stem and op family, bf16. Not where it runs
+    (``retrain.custom_resources``)."""
     d, everything = cfg.data, config_to_dict(cfg)
-    retrain = {k: v for k, v in everything["retrain"].items() if k not in ("data_options", "val_options")}
+    retrain = {k: v for k, v in everything["retrain"].items()  # custom_resources: where it runs, not what it learns
+               if k not in ("data_options", "val_options", "custom_resources")}
     roles = {role: role_options(d, role, extra) for role, extra in
              (("train", cfg.retrain.data_options), ("select", cfg.retrain.val_options), ("report", None))}
     data = {k: everything["data"][k] for k in ("dataset", "root", "split_seed", "select_split", "holdout",
