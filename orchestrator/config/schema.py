@@ -284,7 +284,7 @@ class SelectionConfig:
     candidates: str = setting("decoded", one_of(CANDIDATE_SOURCES))
     # At most this many parameter-free ops (pools, skip) in the decoded cell: the weakest others take the best op
     # with weights on their edge (P-DARTS and DARTS+ cap skip connections at 2 against DARTS' collapse). A
-    # departure from the paper; null: the paper's decoding (docs/validation.md measures both)
+    # departure from the paper; null: the paper's decoding (experiments/studies/decoding.py compares both)
     max_param_free: int | None = setting(None, optional(at_least(0)))
     # of the sampled candidates: below 1 sharpens what alpha/beta prefer, above flattens
     temperature: float = setting(1.0, above(0))
@@ -292,7 +292,7 @@ class SelectionConfig:
     short_epochs: int = setting(5, at_least(1))
     # short retrains per candidate, at runtime.seed, runtime.seed + 1, ...; a candidate ranks by the mean of its
     # seeds' metric (a failed seed fails the candidate): the seed-to-seed noise of one short retrain is as wide
-    # as the spread between candidates (README, "Is the search better than chance?")
+    # as the spread between candidates (docs/validation.md)
     seeds: int = setting(1, at_least(1))
     # true: each short retrain runs standalone in its Tune trial's own process (one worker with the global batch of
     # retrain.num_workers workers, no checkpoints): no Train worker group to start per candidate, which on a small
