@@ -131,7 +131,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
                                                      "the other experiment's go to DIR/compare-<name>)")
     parser.add_argument("--top", type=int, default=3, help="alpha/beta/path plots for the K best trials (0: all)")
     parser.add_argument("--rank-by", choices=("final", "best"), default="final",
-                        help="rank by the last reported score (default, as the sweep picks) or the peak score")
+                        help="rank by the last reported score (default; what the sweep picks by with "
+                             "tune.rank_by: supernet) or the peak score")
     args = parser.parse_args(argv)
     if args.experiment and args.results_dir and args.experiment != args.results_dir:
         parser.error(f"two experiment folders: RESULTS_DIR {args.results_dir} and --experiment {args.experiment}")

@@ -265,7 +265,7 @@ class SelectionConfig:
     # logits centred per node, which drops Viterbi's preference for rates 4 and 32 (two outgoing edges each) when
     # beta is near flat (search_space/decoding.py). "supernet": the decoded cell on each of the path_candidates
     # most probable paths, scored by the trained supernet with alpha and beta fixed to it (orchestrator/
-    # supernet_score.py) on the validation set; candidates rank by that score.
+    # train/supernet_score.py) on the validation set; candidates rank by that score.
     path: str = setting("viterbi", one_of(PATH_SELECTIONS))
     path_candidates: int = setting(64, at_least(1))  # paths scored by path=supernet (all legal paths when fewer)
     # trainA batches that re-estimate batch-norm statistics per scored candidate
