@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import constant_predictor_miou
 
-from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms
+from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms, yardstick_figure
 from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, yardstick
 from orchestrator.config import config_from_dict
 from orchestrator.sweep.arms import ArmsError, Plan, check_plan, random_draws, random_search_size
@@ -115,6 +115,9 @@ def test_summary_scores_each_arm_by_the_mean_over_evaluation_seeds_and_draws():
         text = arms_text(shown)
         assert "| pipeline | 0.410 | 0.510 | 0.410 0.410 |" in text and "pipeline - decoded" in text
         assert "| decoded | 0.330 | 0.430 | 0.310 0.350 |" in text
+    figure = yardstick_figure({**result, **search_seeds})
+    points = {c.get_label(): {tuple(p) for p in c.get_offsets().tolist()} for c in figure.axes[0].collections}
+    assert points["pipeline"] == {(0.40, 0.42)} and points["random"] == {(0.20, 0.22), (0.30, 0.28)}
 
 
 @pytest.mark.slow
@@ -144,7 +147,7 @@ def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
         assert choice["candidates"] == 2 and choice["selection_seconds"] > 0
         assert result["stages"][str(seed)]["random-search"]["candidates"] >= 2
     assert len(result["supernet_ranking"]) == 2 and "pipeline - random-search" in stdout
-    assert (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "arms.png").read_bytes()[:4] == b"\x89PNG" and (out / "yardstick.png").read_bytes()[:4] == b"\x89PNG"
     runs = sorted((out / "runs" / "runs").glob("retrain-*"))
     assert runs and all(r.name.endswith(("seed100", "seed101")) for r in runs)
 

@@ -121,3 +121,30 @@ def arms_figure(result: dict[str, Any]):
     ax.set_title("arms paired by search seed (grey lines); black: mean")
     fig.tight_layout()
     return fig
+
+
+def yardstick_figure(result: dict[str, Any]):
+    """Each architecture's test mIoU at the first evaluation seed against the second, one colour per arm: points
+    on the diagonal mean one retrain predicts another (matplotlib Figure)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.add_subplot(111)
+    seeds = result["eval_seeds"][:2]
+    rows = [r for r in result["architectures"] if len(r["test_miou"]) >= 2]
+    for arm in result["arms"]:
+        mine = [r for r in rows if r["arm"] == arm]
+        ax.scatter([r["test_miou"][0] for r in mine], [r["test_miou"][1] for r in mine], label=arm, s=18)
+    values = [v for r in rows for v in r["test_miou"][:2]]
+    if values:
+        low, high = min(values), max(values)
+        ax.plot([low, high], [low, high], color="0.6", linewidth=0.8, zorder=0)
+    y = result["yardstick"].get("all", {})
+    ax.set_xlabel(f"test mIoU, evaluation seed {seeds[0]}")
+    ax.set_ylabel(f"test mIoU, evaluation seed {seeds[1]}" if len(seeds) > 1 else "")
+    ax.set_title(f"the yardstick: r = {_fmt(y.get('r', math.nan), 2)} over {y.get('architectures', 0)} "
+                 "architectures", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+

@@ -14,11 +14,12 @@ Two modes:
 
 ``python experiments/validate.py`` takes the same arguments. Every architecture is retrained with the config's (or
 the experiment's) full retrain budget at evaluation seeds 100, 101, ... (disjoint from every seed used to choose)
-and scored on the report split (test_miou). The arm mode writes arms.json and arms.png (per arm the mean test mIoU,
-every pair's mean paired difference with a 95% bootstrap interval over search seeds, the yardstick's agreement
-between evaluation seeds, the supernets' Kendall tau); the experiment mode writes validation.json and
-validation.png. Running the same command again reuses what finished; --runs shares the evaluation retrains
-between studies of one space and budget. Output folders are checked (reachable, writable) before Ray starts.
+and scored on the report split (test_miou). The arm mode writes arms.json, arms.png and yardstick.png (per arm
+the mean test mIoU, every pair's mean paired difference with a 95% bootstrap interval over search seeds, the
+yardstick's agreement between evaluation seeds, the supernets' Kendall tau); the experiment mode writes
+validation.json and validation.png. Running the same command again reuses what finished; --runs shares the
+evaluation retrains between studies of one space and budget. Output folders are checked (reachable,
+writable) before Ray starts.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def run_arm_mode(args: argparse.Namespace) -> str | None:
     _check_outputs(args.out, args.runs)
     connect_ray(args.address)
     result = run_arms(cfg, plan, args.out, args.runs, ranking=not args.no_ranking)
-    return arms_text(result) + f"\n\narms: {args.out}/arms.json, {args.out}/arms.png ({result['seconds']:.0f} s)"
+    return arms_text(result) + f"\n\narms: {args.out}/arms.json, arms.png, yardstick.png ({result['seconds']:.0f} s)"
 
 
 def run_experiment_mode(args: argparse.Namespace) -> str:

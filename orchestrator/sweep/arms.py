@@ -199,9 +199,9 @@ def supernet_ranking(cfg: ExperimentConfig, chosen: dict[int, dict[str, Any]], r
 
 def run_arms(cfg: ExperimentConfig, plan: Plan, out: str, runs: str | None = None,
              ranking: bool = True) -> dict[str, Any]:
-    """The whole study (module docstring); writes ``<out>/arms.json`` and ``<out>/arms.png`` and returns the
-    result."""
-    from orchestrator.analysis.arms_report import arms_figure, summarize_arms
+    """The whole study (module docstring); writes ``<out>/arms.json``, ``arms.png`` and ``yardstick.png`` and
+    returns the result."""
+    from orchestrator.analysis.arms_report import arms_figure, summarize_arms, yardstick_figure
     from orchestrator.io.atomic import save_figure
 
     check_plan(cfg, plan)
@@ -215,4 +215,5 @@ def run_arms(cfg: ExperimentConfig, plan: Plan, out: str, runs: str | None = Non
     result["seconds"] = round(time.time() - start, 1)
     write_json(storage.join(out, ARMS_FILE), result)
     save_figure(arms_figure(result), storage.join(out, "arms.png"))
+    save_figure(yardstick_figure(result), storage.join(out, "yardstick.png"))
     return result
