@@ -125,3 +125,47 @@ def test_a_search_on_s3_survives_a_killed_driver_and_is_analysed_from_its_uri(
     assert sorted(p.name for p in ROOT.iterdir()) == before_root  # no "s3:" folder anywhere
     print(f"\ns3 sweep: killed after {len(ended)} trials ended ({running} running); whole test "
           f"{time.time() - start:.0f} s")
+
+
+def test_the_chain_reads_its_dataset_from_the_bucket_on_every_node(ray_cluster, s3_server, tiny_settings,
+                                                                   tmp_path_factory, monkeypatch):
+    """``data.root: s3://...``: a small Cityscapes tree uploaded once; the chain (search, selection, retrain) runs
+    through ``ray job submit`` with every role's images copied into the node cache, verified, and nothing else."""
+    from test_data import build_cityscapes
+    from test_remote_data import RAW, upload
+
+    from orchestrator.data.remote import CACHE_ENV, MANIFEST
+
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    storage.forget_filesystems()
+    work = tmp_path_factory.mktemp("s3-data")
+    local, _ = build_cityscapes(work / "upload", 16, RAW)
+    data_uri = s3_server.uri(f"datasets/{uuid.uuid4().hex[:10]}/cityscapes")
+    files = upload(local, data_uri)
+    settings = {**tiny_settings, "search": {"epochs": 2, "warmup_epochs": 1},
+                "data": {**tiny_settings["data"], "dataset": "cityscapes", "root": data_uri, "options": {},
+                         "val_options": {}, "report_options": {}, "select_split": "holdout", "holdout": 2,
+                         "report_split": "val"},
+                "retrain": {"epochs": 1, "crop_size": 32, "batch_size": 2, "filter_multiplier": 2}}
+    config = work / "bucket-data.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    cache = work / "node-cache"
+    runtime_env = {"env_vars": {**CREDENTIALS, CACHE_ENV: str(cache)}}
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps(runtime_env), "--", "python", "experiments/search.py",
+           "--config", str(config), "--storage-path", str(work / "results"), "--name", "bucket-data"]
+    env = {**ray_cluster.env, **CREDENTIALS}
+    env.pop("AWS_ENDPOINT_URL", None)
+    proc = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((work / "results" / "bucket-data" / "final" / "summary.json").read_text())
+    assert summary["splits"] == {"val": "cityscapes train holdout (2 images, split_seed 0)",
+                                 "test": "cityscapes val"}, summary["splits"]
+    assert summary["retrain"]["test_miou"] >= 0.0  # the report split was read, from the copy
+    copies = list(cache.glob(f"*/{MANIFEST}"))
+    assert len(copies) == 1, copies  # one node cache on this machine: one verified copy, shared by every worker
+    copied = [p for p in copies[0].parent.rglob("*") if p.is_file() and p.name != MANIFEST]
+    assert len(copied) == files and not list(cache.glob(".*partial-*"))
