@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -313,10 +315,20 @@ def test_discrete_net_search_head(path):
         DiscreteNet(genotype, 3, filter_multiplier=2, stem_channels=(8, 8, 16), head="fcn")
 
 
-PUBLISHED = {"S": (10.15, 317.54), "M": (21.62, 434.99), "L": (44.42, 653.58)}
-"""Params (M) and multiply-adds at 1024x2048 (B) of the published variants as the README's table prints them
-(``python -m search_space.summary --variant S --variant M --variant L --size 1024x2048``); the params are the
-paper's Table 2."""
+def _readme_table() -> dict[str, tuple[float, float]]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| Auto-DeepLab-([SML]) \| ([0-9.]+) \| ([0-9.]+) \|", text, re.M)
+    return {variant: (float(params), float(madds)) for variant, params, madds in rows}
+
+
+PUBLISHED = _readme_table()
+"""Params (M) and multiply-adds at 1024x2048 (B) of the published variants, read from the README's table (what
+``python -m search_space.summary --variant S --variant M --variant L --size 1024x2048`` prints); the params are
+the paper's Table 2."""
+
+
+def test_the_readme_lists_every_published_variant():
+    assert sorted(PUBLISHED) == ["L", "M", "S"]
 
 
 def _on_meta(variant: str, size: tuple[int, int]) -> tuple[int, int]:
