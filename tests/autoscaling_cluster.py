@@ -10,6 +10,7 @@ whose command line names it, by pid: never ``ray stop``, which would end every R
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
@@ -112,3 +113,4 @@ class AutoscalingCluster:
 
     def stop(self) -> None:
         kill_pids(self.pids())
+        shutil.rmtree(self.root, ignore_errors=True)

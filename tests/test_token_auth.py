@@ -5,6 +5,7 @@ Its own Ray head, so ``isolated`` (run in a pytest session of its own, see tests
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -37,6 +38,7 @@ def token_head():
         yield f"http://127.0.0.1:{dashboard}", auth
     finally:
         kill_pids(pids_under(root))
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(url: str, env: dict[str, str], tries: int = 10) -> subprocess.CompletedProcess:
