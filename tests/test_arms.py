@@ -16,7 +16,7 @@ import pytest
 from helpers import constant_predictor_miou
 
 from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms, yardstick_figure
-from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, yardstick
+from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, unpaired_difference, yardstick
 from orchestrator.config import config_from_dict
 from orchestrator.sweep.arms import ArmsError, Plan, check_plan, random_draws, random_search_size
 
@@ -41,6 +41,19 @@ def test_the_bootstrap_interval_covers_the_mean_of_a_normal_sample_about_95_perc
         hits += low <= 1.0 <= high
     assert 0.85 <= hits / 200 <= 0.99
     assert all(math.isnan(v) for v in bootstrap_interval([0.5]))
+
+
+def test_the_unpaired_difference_is_the_difference_of_group_means_and_its_interval_covers_the_truth():
+    d = unpaired_difference([0.30, 0.34, math.nan], [0.25, 0.27, 0.23, 0.25])
+    assert d["n_a"] == 2 and d["n_b"] == 4 and d["mean"] == pytest.approx(0.32 - 0.25)
+    assert 0.30 - 0.27 <= d["ci95"][0] <= d["mean"] <= d["ci95"][1] <= 0.34 - 0.23
+    assert all(math.isnan(v) for v in unpaired_difference([0.3], [0.2, 0.25])["ci95"])
+    rng, hits = random.Random(3), 0
+    for trial in range(200):  # groups of 6 and 10 whose true means differ by 0.5
+        a, b = [rng.gauss(1.5, 1.0) for _ in range(6)], [rng.gauss(1.0, 1.0) for _ in range(10)]
+        low, high = unpaired_difference(a, b, samples=400, seed=trial)["ci95"]
+        hits += low <= 0.5 <= high
+    assert 0.82 <= hits / 200 <= 0.99
 
 
 @pytest.mark.parametrize(("xs", "ys", "expected"), [

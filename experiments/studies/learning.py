@@ -11,7 +11,10 @@ uniform alpha) and how far they moved, the mean norms of their gradients, the de
 whether the seeds agree, parameter-free ops in the decoded cell (DARTS' collapse), and, unless --no-eval, each
 decoded genotype retrained at the evaluation seeds on the report split (test mIoU), with the config's retrain
 budget. --runs shares those retrains with `experiments/validate.py` (same space and retrain budget), whose random
-arm is the chance level to read them against. Writes learning.json and learning.png to --out.
+arm is the chance level to read them against: --chance <arms.json> of such a study adds, per budget, the decoded
+genotypes' mean test mIoU minus the random draws' with a 95% bootstrap interval. That comparison is unpaired (the
+random draws do not depend on a search seed) and the search's compute is not matched. Writes learning.json and
+learning.png to --out.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder of the searches, retrains and learning.json")
     parser.add_argument("--runs", help="folder of the evaluation retrains (default: <out>/runs)")
     parser.add_argument("--no-eval", action="store_true", help="skip the retrains of the decoded genotypes")
+    parser.add_argument("--chance", metavar="ARMS_JSON", help="an arm study's arms.json at the same retrain budget "
+                        "and evaluation seeds: its random arm is the chance level each budget is compared with")
     address_argument(parser)
     return parser.parse_args(argv)
 
@@ -79,6 +84,36 @@ def evaluate(cfg, rows: list[dict[str, Any]], eval_seeds: list[int], runs: str) 
                           for s in eval_seeds]
 
 
+def read_chance(path: str, cfg, eval_seeds: list[int]) -> list[float]:
+    """The random arm of an arm study (``arms.json``): each random architecture's mean test mIoU over the evaluation
+    seeds. Refused unless that study retrained with this config's retrain budget at the same evaluation seeds."""
+    import json
+
+    from orchestrator.config.loading import config_from_dict
+    from orchestrator.io import storage
+    from orchestrator.sweep.arms import ArmsError
+    from orchestrator.sweep.retrain_trials import retrain_inputs
+
+    arms = json.loads(storage.read_text(path))
+    if arms.get("eval_seeds") != list(eval_seeds):
+        raise ArmsError(f"--chance {path}: eval_seeds {arms.get('eval_seeds')}, expected {list(eval_seeds)} "
+                        "(this study's --eval-seeds)")
+    if retrain_inputs(config_from_dict(arms["config"], path)) != retrain_inputs(cfg):
+        raise ArmsError(f"--chance {path}: its retrain budget (config's retrain and data sections) differs from "
+                        "this study's config; expected the same retrain so the scores are comparable")
+    return [statistics.fmean(a["test_miou"]) for a in arms["architectures"] if a["arm"] == "random"]
+
+
+def against_chance(result: dict[str, Any], chance: list[float]) -> None:
+    """Per budget: the decoded genotypes (one per search seed, mean over evaluation seeds) against the random draws."""
+    from orchestrator.analysis.paired import unpaired_difference
+
+    for b in result["budgets"]:
+        decoded = [statistics.fmean(r["test_miou"]) for r in b["runs"] if r.get("test_miou")]
+        b["decoded_minus_random"] = unpaired_difference(decoded, chance)
+    result["random_test_miou"] = chance
+
+
 def figure(result: dict[str, Any]):
     """Alpha and beta entropy against architecture steps, one line per seed, per budget's final point."""
     from matplotlib.figure import Figure
@@ -91,6 +126,10 @@ def figure(result: dict[str, Any]):
             axes[1].scatter(r["arch_steps"], r["beta_entropy"], color="C1")
             if r.get("test_miou"):
                 axes[2].scatter(r["arch_steps"], statistics.fmean(r["test_miou"]), color="C2")
+    if result.get("random_test_miou"):
+        axes[2].axhline(statistics.fmean(result["random_test_miou"]), color="0.5", linestyle="--",
+                        label="random draws (mean)")
+        axes[2].legend(fontsize=8)
     for ax, title in zip(axes, ("alpha entropy (uniform 2.079)", "beta entropy", "decoded genotype: test mIoU"),
                          strict=True):
         ax.set_xscale("log")
@@ -109,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.sweep.budget import search_at_budget
 
         cfg = load_config(args.config, args.overrides)
+        chance = read_chance(args.chance, cfg, args.eval_seeds) if args.chance else None
         connect_ray(args.address)
         result: dict[str, Any] = {"config": args.config, "overrides": args.overrides, "budgets": []}
         for budget in args.budgets:
@@ -119,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_eval:
             evaluate(cfg, [r for b in result["budgets"] for r in b["runs"]], args.eval_seeds,
                      args.runs or storage.join(args.out, "runs"))
+            if chance:
+                against_chance(result, chance)
         write_json(storage.join(args.out, "learning.json"), result)
         save_figure(figure(result), storage.join(args.out, "learning.png"))
     for b in result["budgets"]:
@@ -126,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{[round(r['alpha_entropy'], 4) for r in b['runs']]}, beta entropy "
               f"{[round(r['beta_entropy'], 4) for r in b['runs']]}, identical pairs {b['identical_pairs']}/{b['pairs']}"
               + (f", test mIoU {[round(statistics.fmean(r['test_miou']), 4) for r in b['runs']]}"
-                 if "test_miou" in b["runs"][0] else ""))
+                 if "test_miou" in b["runs"][0] else "")
+              + (f", decoded - random {b['decoded_minus_random']['mean']:+.4f} "
+                 f"[{b['decoded_minus_random']['ci95'][0]:+.4f}, {b['decoded_minus_random']['ci95'][1]:+.4f}]"
+                 if "decoded_minus_random" in b else ""))
     return 0
 
 

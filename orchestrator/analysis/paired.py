@@ -1,4 +1,5 @@
-"""Paired comparisons of arms over search seeds: the statistics behind `experiments/validate.py`.
+"""Paired comparisons of arms over search seeds: the statistics behind `experiments/validate.py` (and, for two
+groups with no seeds in common, an unpaired difference of means).
 
 An arm (the shipped pipeline, the decoded genotype alone, random search, single random draws) produces one
 architecture per search seed, and that architecture's score is its mean test mIoU over the evaluation seeds.
@@ -80,3 +81,21 @@ def yardstick(per_seed: list[list[float]]) -> dict[str, Any]:
     means = [statistics.fmean(row) for row in rows]
     return {"architectures": len(rows), "r": pearson([r[0] for r in rows], [r[1] for r in rows]),
             "seed_sd": seed_sd, "between_sd": statistics.stdev(means) if len(means) > 1 else math.nan}
+
+
+def unpaired_difference(a: list[float], b: list[float], samples: int = BOOTSTRAP_SAMPLES,
+                        confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+    """mean(A) - mean(B) for two independent groups (no common seeds to pair on): each group resampled with
+    replacement on its own; the percentile interval of the difference (NaN when either has fewer than 2 finite
+    values)."""
+    xs, ys = [v for v in a if math.isfinite(v)], [v for v in b if math.isfinite(v)]
+    out = {"n_a": len(xs), "n_b": len(ys), "mean": mean_or_nan(xs) - mean_or_nan(ys) if xs and ys else math.nan,
+           "ci95": [math.nan, math.nan]}
+    if len(xs) < 2 or len(ys) < 2:
+        return out
+    rng = random.Random(seed)
+    diffs = sorted(statistics.fmean(rng.choices(xs, k=len(xs))) - statistics.fmean(rng.choices(ys, k=len(ys)))
+                   for _ in range(samples))
+    tail = (1.0 - confidence) / 2.0
+    out["ci95"] = [diffs[int(math.floor(tail * (samples - 1)))], diffs[int(math.ceil((1.0 - tail) * (samples - 1)))]]
+    return out
