@@ -28,6 +28,14 @@ from orchestrator.cli import address_argument, connect_ray, int_list, user_error
 TASKS = ("detail", "context")
 
 
+def task_list(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(TASKS)}")
+    return tasks
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="experiments/configs/learning.yaml",
@@ -35,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every search")
     parser.add_argument("--budget", type=int, default=1536, help="architecture steps per search (default: %(default)s)")
     parser.add_argument("--seeds", type=int_list, default="0,1,2", help="search seeds (default: %(default)s)")
+    parser.add_argument("--tasks", type=task_list, default=",".join(TASKS),
+                        help="the tasks to search, in this order (default: %(default)s)")
     parser.add_argument("--cells", type=int, default=3, help="random cells in the retrain check (default: %(default)s)")
     parser.add_argument("--check-epochs", type=int, default=40, help="epochs per network in the retrain check "
                         "(64 fresh images each; default: %(default)s)")
@@ -67,7 +77,7 @@ def searches(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(args.config, args.overrides)
     connect_ray(args.address)
     out = {}
-    for task in TASKS:
+    for task in args.tasks:
         options = {**cfg.data.options, "task": task}
         rows = []
         for seed in args.seeds:
