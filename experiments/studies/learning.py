@@ -129,7 +129,7 @@ def figure(result: dict[str, Any]):
     if result.get("random_test_miou"):
         axes[2].axhline(statistics.fmean(result["random_test_miou"]), color="0.5", linestyle="--",
                         label="random draws (mean)")
-        axes[2].legend(fontsize=8)
+        axes[2].legend(fontsize=8, loc="lower right")
     for ax, title in zip(axes, ("alpha entropy (uniform 2.079)", "beta entropy", "decoded genotype: test mIoU"),
                          strict=True):
         ax.set_xscale("log")
