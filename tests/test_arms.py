@@ -4,6 +4,7 @@ random search; the whole study end to end on the smoke config (cluster tier)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -18,7 +19,9 @@ from helpers import constant_predictor_miou
 from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms, yardstick_figure
 from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, unpaired_difference, yardstick
 from orchestrator.config import config_from_dict
-from orchestrator.sweep.arms import ArmsError, Plan, check_plan, random_draws, random_search_size
+from orchestrator.sweep.arms import (ArmsError, Plan, check_plan, evaluation_config, random_draws,
+                                     random_search_size)
+from orchestrator.sweep.retrain_trials import retrain_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +101,16 @@ def test_random_search_gets_as_many_candidates_as_the_pipelines_time_buys(choice
     assert random_search_size(smoke_cfg(), choice) == expected
 
 
+def test_the_evaluation_retrains_differ_from_the_config_in_the_retrain_section_only():
+    cfg = smoke_cfg()
+    assert evaluation_config(cfg, []) is cfg
+    evaluation = evaluation_config(cfg, ["retrain.batch_size=4", "retrain.data_options={size: 128}"])
+    assert evaluation.retrain.batch_size == 4 and evaluation.retrain.data_options == {"size": 128}
+    assert cfg.retrain.batch_size != 4 and evaluation.search == cfg.search and evaluation.data == cfg.data
+    with pytest.raises(ArmsError, match=r"--eval-override search\.epochs=3: expected retrain\.<key>=<value>"):
+        evaluation_config(cfg, ["retrain.epochs=5", "search.epochs=3"])
+
+
 def test_random_draws_differ_between_search_seeds_and_repeat_for_one():
     cfg = smoke_cfg()
     assert random_draws(cfg, 3, 2) == random_draws(cfg, 3, 2)
@@ -142,7 +155,8 @@ def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
 
     out = tmp_path / "arms"
     cmd = [sys.executable, "experiments/validate.py", "--config", "experiments/configs/smoke.yaml",
-           "--search-seeds", "0,1", "--draws", "1", "--out", str(out), "selection.top_k=2",
+           "--search-seeds", "0,1", "--draws", "1", "--out", str(out), "--eval-override", "retrain.batch_size=3",
+           "selection.top_k=2",
            "selection.candidates=sampled", "runtime.progress_seconds=0"]
     proc = subprocess.run(cmd, env={**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}, capture_output=True,
                           text=True, timeout=1500, cwd=ROOT)
@@ -163,6 +177,13 @@ def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
     assert (out / "arms.png").read_bytes()[:4] == b"\x89PNG" and (out / "yardstick.png").read_bytes()[:4] == b"\x89PNG"
     runs = sorted((out / "runs" / "runs").glob("retrain-*"))
     assert runs and all(r.name.endswith(("seed100", "seed101")) for r in runs)
+    # The evaluation retrains ran with --eval-override's batch, the short retrains of both filters with the config's.
+    assert result["config"]["retrain"]["batch_size"] == 2 and result["evaluation_retrain"]["batch_size"] == 3
+    evaluated = config_from_dict({**result["config"], "retrain": result["evaluation_retrain"]})
+    budget = json.dumps(retrain_inputs(evaluated), sort_keys=True)
+    assert {r.name.split("-")[2] for r in runs} == {hashlib.sha256(budget.encode()).hexdigest()[:6]}
+    short = sorted((out / "random-search").glob("seed*/selection/**/retrain-*-seed*"))
+    assert short and all(r.name.split("-")[2] not in {p.name.split("-")[2] for p in runs} for r in short)
 
 
 def test_validate_refuses_an_arm_study_without_out(capsys):

@@ -33,13 +33,16 @@ def test_agreement_counts_identical_pairs_and_shared_layers(paths, identical, ag
     assert (math.isnan(share) and math.isnan(agreement)) or share == pytest.approx(agreement)
 
 
-def arms_file(tmp_path: Path, overrides: list[str] | None = None, eval_seeds=(100, 101)) -> str:
+def arms_file(tmp_path: Path, overrides: list[str] | None = None, eval_seeds=(100, 101),
+              eval_overrides: list[str] | None = None) -> str:
     """An arms.json as `experiments/validate.py --config` writes it: two random draws and one other arm."""
     cfg = load_config(CONFIG, overrides or [])
+    evaluation = load_config(CONFIG, (overrides or []) + (eval_overrides or []))
     rows = [{"arm": "random", "test_miou": [0.20, 0.24]}, {"arm": "random", "test_miou": [0.30, 0.30]},
             {"arm": "pipeline", "test_miou": [0.9, 0.9]}]
     path = tmp_path / "arms.json"
-    path.write_text(json.dumps({"eval_seeds": list(eval_seeds), "config": config_to_dict(cfg), "architectures": rows}))
+    path.write_text(json.dumps({"eval_seeds": list(eval_seeds), "config": config_to_dict(cfg), "architectures": rows,
+                                "evaluation_retrain": config_to_dict(evaluation)["retrain"]}))
     return str(path)
 
 
@@ -55,13 +58,22 @@ def test_the_chance_level_is_each_random_draws_mean_over_the_evaluation_seeds(tm
     assert result["random_test_miou"] == chance
 
 
-@pytest.mark.parametrize("overrides, eval_seeds, words", [
-    (["retrain.epochs=20"], (100, 101), "retrain budget"),
-    (["data.report_options={size: 128, cache: true}"], (100, 101), "retrain budget"),
-    ([], (100, 102), "eval_seeds [100, 102], expected [100, 101]"),
+def test_the_chance_level_reads_the_studys_evaluation_retrain_not_its_choosing_one(tmp_path):
+    # A study that chose with 20-epoch retrains but evaluated with the config's (--eval-override) is comparable.
+    cfg = load_config(CONFIG)
+    path = arms_file(tmp_path, ["retrain.epochs=20"], eval_overrides=[f"retrain.epochs={cfg.retrain.epochs}"])
+    assert learning.read_chance(path, cfg, [100, 101]) == pytest.approx([0.22, 0.30])
+
+
+@pytest.mark.parametrize("overrides, eval_seeds, eval_overrides, words", [
+    (["retrain.epochs=20"], (100, 101), [], "evaluation retrains"),
+    (["data.report_options={size: 128, cache: true}"], (100, 101), [], "evaluation retrains"),
+    ([], (100, 101), ["retrain.batch_size=8"], "evaluation retrains"),
+    ([], (100, 102), [], "eval_seeds [100, 102], expected [100, 101]"),
 ])
-def test_a_chance_level_from_another_retrain_or_other_seeds_is_refused(tmp_path, overrides, eval_seeds, words):
-    path = arms_file(tmp_path, overrides, eval_seeds)
+def test_a_chance_level_from_another_retrain_or_other_seeds_is_refused(tmp_path, overrides, eval_seeds,
+                                                                       eval_overrides, words):
+    path = arms_file(tmp_path, overrides, eval_seeds, eval_overrides)
     with pytest.raises(ArmsError, match=r"--chance .*arms\.json") as caught:
         learning.read_chance(path, load_config(CONFIG), [100, 101])
     assert words in str(caught.value)

@@ -98,9 +98,11 @@ def read_chance(path: str, cfg, eval_seeds: list[int]) -> list[float]:
     if arms.get("eval_seeds") != list(eval_seeds):
         raise ArmsError(f"--chance {path}: eval_seeds {arms.get('eval_seeds')}, expected {list(eval_seeds)} "
                         "(this study's --eval-seeds)")
-    if retrain_inputs(config_from_dict(arms["config"], path)) != retrain_inputs(cfg):
-        raise ArmsError(f"--chance {path}: its retrain budget (config's retrain and data sections) differs from "
-                        "this study's config; expected the same retrain so the scores are comparable")
+    evaluated = dict(arms["config"], retrain=arms.get("evaluation_retrain", arms["config"]["retrain"]))
+    if retrain_inputs(config_from_dict(evaluated, path)) != retrain_inputs(cfg):
+        raise ArmsError(f"--chance {path}: its evaluation retrains (the retrain and data sections, with its "
+                        "--eval-override) differ from this study's config; expected the same retrain so the scores "
+                        "are comparable")
     return [statistics.fmean(a["test_miou"]) for a in arms["architectures"] if a["arm"] == "random"]
 
 

@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
                         "them was used when the shipped default was chosen)")
     parser.add_argument("--eval-seeds", type=int_list, default="100,101",
                         help="arm mode: retrain seeds of every chosen architecture (default: 100,101)")
+    parser.add_argument("--eval-override", action="append", default=[], metavar="retrain.KEY=VALUE",
+                        help="arm mode: a retrain override for the evaluation retrains only (repeatable); the "
+                        "searches and both filters' short retrains keep the config (docs/validation.md, the "
+                        "yardstick)")
     parser.add_argument("--draws", type=int, default=2, help="arm mode: random draws per search seed (default 2)")
     parser.add_argument("--arms", default="pipeline,decoded,random-search,random",
                         help="arm mode: which arms (default: all four, pipeline,decoded,random-search,random)")
@@ -79,7 +83,7 @@ def run_arm_mode(args: argparse.Namespace) -> str | None:
     from orchestrator.analysis.arms_report import arms_text
     from orchestrator.config import load_config
     from orchestrator.data.preflight import check_data, check_retrain_data
-    from orchestrator.sweep.arms import ArmsError, Plan, check_plan, run_arms
+    from orchestrator.sweep.arms import ArmsError, Plan, check_plan, evaluation_config, run_arms
 
     if args.print_config:
         from orchestrator.config.loading import config_sources
@@ -92,12 +96,15 @@ def run_arm_mode(args: argparse.Namespace) -> str | None:
     cfg = load_config(args.config, args.overrides)
     plan = Plan(tuple(args.search_seeds), tuple(args.eval_seeds), args.draws,
                 tuple(a.strip() for a in args.arms.split(",") if a.strip()))
+    evaluation = evaluation_config(cfg, args.eval_override)
     check_plan(cfg, plan)
     check_data(cfg)
     check_retrain_data(cfg)
+    if evaluation is not cfg:
+        check_retrain_data(evaluation)
     _check_outputs(args.out, args.runs)
     connect_ray(args.address)
-    result = run_arms(cfg, plan, args.out, args.runs, ranking=not args.no_ranking)
+    result = run_arms(cfg, plan, args.out, args.runs, ranking=not args.no_ranking, evaluation=evaluation)
     return arms_text(result) + f"\n\narms: {args.out}/arms.json, arms.png, yardstick.png ({result['seconds']:.0f} s)"
 
 

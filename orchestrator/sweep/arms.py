@@ -13,7 +13,7 @@ For each search seed s (the config's ``runtime.seed`` set to s):
   the mean of its draws'.
 
 Then every arm's architecture is retrained at the evaluation seeds (disjoint from every seed the searches and
-filters used) with the config's full retrain budget, and scored on the report split (``test_miou``), which no
+filters used) with the config's full retrain budget (or the ``retrain.*`` overrides of `evaluation_config`), and scored on the report split (``test_miou``), which no
 search, sweep or selection read. `orchestrator.analysis.paired` turns the scores into per-arm means, paired
 differences with bootstrap intervals over search seeds, and the yardstick's seed-to-seed agreement.
 
@@ -197,10 +197,20 @@ def supernet_ranking(cfg: ExperimentConfig, chosen: dict[int, dict[str, Any]], r
     return out_rows
 
 
+def evaluation_config(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """The config of the evaluation retrains (the yardstick): ``cfg`` with ``retrain.*`` overrides. Choosing (the
+    searches, the short retrains of both filters) keeps ``cfg``, so a better yardstick does not change a choice."""
+    outside = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("retrain.")]
+    if outside:
+        raise ArmsError(f"--eval-override {' '.join(outside)}: expected retrain.<key>=<value>; the evaluation "
+                        "retrains may differ from the config in the retrain section only")
+    return with_overrides(cfg, list(overrides), "--eval-override") if overrides else cfg
+
+
 def run_arms(cfg: ExperimentConfig, plan: Plan, out: str, runs: str | None = None,
-             ranking: bool = True) -> dict[str, Any]:
+             ranking: bool = True, evaluation: ExperimentConfig | None = None) -> dict[str, Any]:
     """The whole study (module docstring); writes ``<out>/arms.json``, ``arms.png`` and ``yardstick.png`` and
-    returns the result."""
+    returns the result. ``evaluation``: the evaluation retrains' config (`evaluation_config`), default ``cfg``."""
     from orchestrator.analysis.arms_report import arms_figure, summarize_arms, yardstick_figure
     from orchestrator.io.atomic import save_figure
 
@@ -208,10 +218,12 @@ def run_arms(cfg: ExperimentConfig, plan: Plan, out: str, runs: str | None = Non
     out = absolute(out)
     start = time.time()
     chosen = choose_all(cfg, plan, out)
-    metrics = evaluate_all(cfg, chosen, plan.eval_seeds, runs or storage.join(out, "runs"))
+    evaluation = evaluation or cfg
+    metrics = evaluate_all(evaluation, chosen, plan.eval_seeds, runs or storage.join(out, "runs"))
     result = summarize_arms(chosen, metrics, list(plan.eval_seeds), genotype_label)
     result["supernet_ranking"] = supernet_ranking(cfg, chosen, result["architectures"], out) if ranking else []
     result["config"] = config_to_dict(cfg)
+    result["evaluation_retrain"] = config_to_dict(evaluation)["retrain"]
     result["seconds"] = round(time.time() - start, 1)
     write_json(storage.join(out, ARMS_FILE), result)
     save_figure(arms_figure(result), storage.join(out, "arms.png"))
