@@ -155,7 +155,7 @@ def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
 
     out = tmp_path / "arms"
     cmd = [sys.executable, "experiments/validate.py", "--config", "experiments/configs/smoke.yaml",
-           "--search-seeds", "0,1", "--draws", "1", "--out", str(out), "--eval-override", "retrain.batch_size=3",
+           "--search-seeds", "0,1", "--draws", "1", "--out", str(out), "--eval-override", "retrain.epochs=10",
            "selection.top_k=2",
            "selection.candidates=sampled", "runtime.progress_seconds=0"]
     proc = subprocess.run(cmd, env={**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}, capture_output=True,
@@ -177,8 +177,9 @@ def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
     assert (out / "arms.png").read_bytes()[:4] == b"\x89PNG" and (out / "yardstick.png").read_bytes()[:4] == b"\x89PNG"
     runs = sorted((out / "runs" / "runs").glob("retrain-*"))
     assert runs and all(r.name.endswith(("seed100", "seed101")) for r in runs)
-    # The evaluation retrains ran with --eval-override's batch, the short retrains of both filters with the config's.
-    assert result["config"]["retrain"]["batch_size"] == 2 and result["evaluation_retrain"]["batch_size"] == 3
+    # The evaluation retrains ran with --eval-override's epochs, the short retrains of both filters with the config's.
+    assert result["config"]["retrain"]["epochs"] == 8 and result["evaluation_retrain"]["epochs"] == 10
+    assert all((r / "epochs" / "epoch-0010.json").is_file() for r in runs)
     evaluated = config_from_dict({**result["config"], "retrain": result["evaluation_retrain"]})
     budget = json.dumps(retrain_inputs(evaluated), sort_keys=True)
     assert {r.name.split("-")[2] for r in runs} == {hashlib.sha256(budget.encode()).hexdigest()[:6]}

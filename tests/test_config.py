@@ -199,3 +199,13 @@ def test_a_local_ray_fits_the_default_trial_on_this_machine(monkeypatch):
     cfg = load_config(CONFIGS / "default.yaml")
     trial = cfg.tune.trial_cpus + cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     assert started["num_cpus"] >= trial
+
+
+@pytest.mark.parametrize(("grace", "epochs", "expected"), [(12, 5, 5), (2, 5, 2), (5, 5, 5)])
+def test_asha_waits_at_most_the_searchs_epochs(grace, epochs, expected):
+    """A shortened search (learning.yaml with search.epochs=5, grace_period 12) keeps its sweep: Ray's ASHA
+    refuses grace_period > max_t with a bare assertion."""
+    from orchestrator.sweep.tune_driver import asha_grace_period
+
+    cfg = config_from_dict({"search": {"epochs": epochs, "warmup_epochs": 1}, "tune": {"grace_period": grace}})
+    assert asha_grace_period(cfg) == expected

@@ -154,12 +154,18 @@ def experiment_dir(storage_path: str, name: str) -> str:
     return storage.join(storage_path, name)
 
 
+def asha_grace_period(cfg: ExperimentConfig) -> int:
+    """``tune.grace_period``, at most the search's epochs: a shortened search (``search.epochs=5`` on a config
+    written for 28) keeps its sweep, as ``selection.grace_period`` is capped by ``selection.short_epochs``."""
+    return min(cfg.tune.grace_period, cfg.search.epochs)
+
+
 def make_tuner(cfg: ExperimentConfig, storage_path: str, name: str, concurrency: int) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(search_trial, base=config_to_dict(cfg), storage_path=experiment_dir(storage_path, name)),
         {"CPU": cfg.tune.trial_cpus},
     )
-    scheduler = (ASHAScheduler(time_attr=EPOCH_ATTR, max_t=cfg.search.epochs, grace_period=cfg.tune.grace_period,
+    scheduler = (ASHAScheduler(time_attr=EPOCH_ATTR, max_t=cfg.search.epochs, grace_period=asha_grace_period(cfg),
                                reduction_factor=cfg.tune.reduction_factor)
                  if cfg.tune.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(
@@ -238,7 +244,7 @@ def write_sweep_file(cfg: ExperimentConfig, path: str, concurrency: int, status:
     write_json(storage.join(path, SWEEP_FILE), {
         "status": status, "updated": time.time(), "config_hash": config_hash(cfg),
         "metric": cfg.tune.metric, "mode": cfg.tune.mode, "epochs": cfg.search.epochs,
-        "scheduler": {"kind": cfg.tune.scheduler, "time_attr": EPOCH_ATTR, "grace_period": cfg.tune.grace_period,
+        "scheduler": {"kind": cfg.tune.scheduler, "time_attr": EPOCH_ATTR, "grace_period": asha_grace_period(cfg),
                       "reduction_factor": cfg.tune.reduction_factor, "max_t": cfg.search.epochs},
         "param_space": cfg.tune.param_space, "num_samples": cfg.tune.num_samples,
         "max_concurrent_trials": concurrency,
