@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     parser.add_argument("--eval-override", action="append", default=[], metavar="retrain.KEY=VALUE",
                         help="arm mode: a retrain override for the evaluation retrains only (repeatable); the "
                         "searches and both filters' short retrains keep the config (docs/validation.md, the "
-                        "yardstick)")
+                        "yardstick; default: none, the config's retrain)")
     parser.add_argument("--draws", type=int, default=2, help="arm mode: random draws per search seed (default 2)")
     parser.add_argument("--arms", default="pipeline,decoded,random-search,random",
                         help="arm mode: which arms (default: all four, pipeline,decoded,random-search,random)")
