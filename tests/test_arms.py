@@ -19,8 +19,7 @@ from helpers import constant_predictor_miou
 from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms, yardstick_figure
 from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, unpaired_difference, yardstick
 from orchestrator.config import config_from_dict
-from orchestrator.sweep.arms import (ArmsError, Plan, check_plan, evaluation_config, random_draws,
-                                     random_search_size)
+from orchestrator.sweep.arms import ArmsError, Plan, check_plan, evaluation_config, random_draws, random_search_size
 from orchestrator.sweep.retrain_trials import retrain_inputs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,11 @@ For each search seed s (the config's ``runtime.seed`` set to s):
 - ``random``: ``draws`` single uniform draws, unfiltered (the paper-style baseline); the arm's score at a seed is
   the mean of its draws'.
 
-Then every arm's architecture is retrained at the evaluation seeds (disjoint from every seed the searches and
-filters used) with the config's full retrain budget (or the ``retrain.*`` overrides of `evaluation_config`), and scored on the report split (``test_miou``), which no
-search, sweep or selection read. `orchestrator.analysis.paired` turns the scores into per-arm means, paired
-differences with bootstrap intervals over search seeds, and the yardstick's seed-to-seed agreement.
+Then every arm's architecture is retrained at the evaluation seeds (disjoint from every seed the searches and filters
+used) with the config's full retrain budget (or the ``retrain.*`` overrides of `evaluation_config`), and scored on the
+report split (``test_miou``), which no search, sweep or selection read. `orchestrator.analysis.paired` turns the
+scores into per-arm means, paired differences with bootstrap intervals over search seeds, and the yardstick's
+seed-to-seed agreement.
 
 Everything lives under ``out``: ``searches/`` (the pipeline's experiments), ``random-search/seed<s>/`` (its short
 retrains), ``runs`` (the evaluation retrains, shareable across studies) and ``arms.json``. Every stage is named
