@@ -77,6 +77,15 @@ def genotype_weights(genotype: Genotype, edges: int) -> torch.Tensor:
     return weights
 
 
+def initial_arch_parameters(layers: int, blocks: int,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alpha ``[edges, len(PRIMITIVES)]`` and beta ``[layers, levels, 3]`` as a search starts: 1e-3 N(0, 1) each
+    (the public port's init: every softmax near uniform). Decoded untouched, they give what a search whose alpha
+    and beta were never updated would decode (the ``frozen`` arm of the arm study)."""
+    alpha = 1e-3 * torch.randn(num_edges(blocks), len(PRIMITIVES), generator=generator)
+    return alpha, 1e-3 * torch.randn(layers, NUM_LEVELS, 3, generator=generator)
+
+
 def checkpoint_level_set(checkpoint_cells: bool | Iterable[int]) -> frozenset[int]:
     """The levels whose cells are recomputed in backward: all for True, none for False, else those given."""
     if isinstance(checkpoint_cells, bool):
@@ -194,8 +203,8 @@ class SuperNet(nn.Module):
             self.decoder = DeepLabDecoder(stem_channels[2], d, num_classes, channels=d, low_channels=min(48, d))
         for node in self.nodes.values():
             node.cell.recompute_units = recompute_units
-        self.alpha = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(PRIMITIVES)))
-        self.beta = nn.Parameter(1e-3 * torch.randn(layers, NUM_LEVELS, 3))
+        alpha, beta = initial_arch_parameters(layers, blocks)
+        self.alpha, self.beta = nn.Parameter(alpha), nn.Parameter(beta)
 
     @property
     def decoder_channels(self) -> int:

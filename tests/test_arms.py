@@ -14,13 +14,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import constant_predictor_miou
 
 from orchestrator.analysis.arms_report import arm_scores, arms_text, summarize_arms, yardstick_figure
 from orchestrator.analysis.paired import bootstrap_interval, paired_difference, pearson, unpaired_difference, yardstick
 from orchestrator.config import config_from_dict
-from orchestrator.sweep.arms import ArmsError, Plan, check_plan, evaluation_config, random_draws, random_search_size
+from orchestrator.sweep.arms import (
+    ArmsError,
+    Plan,
+    check_plan,
+    choose_all,
+    evaluation_config,
+    frozen_genotype,
+    random_draws,
+    random_search_size,
+)
 from orchestrator.sweep.retrain_trials import retrain_inputs
+from search_space import PARAMETER_FREE, Genotype, decode_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,6 +127,27 @@ def test_random_draws_differ_between_search_seeds_and_repeat_for_one():
     assert random_draws(cfg, 3, 2) != random_draws(cfg, 4, 2)
 
 
+def test_the_frozen_arm_decodes_untrained_alpha_and_beta_per_search_seed():
+    cfg = smoke_cfg()
+    space = cfg.search_space
+    assert decode_path(torch.zeros(space.layers, 4, 3)) == (0,) * space.layers
+    cells = {json.dumps(frozen_genotype(cfg, s)["cell"]) for s in range(6)}
+    assert frozen_genotype(cfg, 3) == frozen_genotype(cfg, 3) and len(cells) > 1
+    for seed in range(6):
+        genotype = Genotype.from_dict(frozen_genotype(cfg, seed))
+        assert (genotype.layers, genotype.blocks) == (space.layers, space.blocks)
+        # beta never moved: Viterbi's prior (rates 4 and 32 have two outgoing edges, the others three)
+        assert set(genotype.path[:-1]) == {0} and genotype.path[-1] in (0, 1)
+    capped = [Genotype.from_dict(frozen_genotype(smoke_cfg(selection={"max_param_free": 0}), s)) for s in range(6)]
+    assert all(op not in PARAMETER_FREE for g in capped for block in g.cell for op, _ in block)
+
+
+def test_frozen_and_random_arms_choose_without_a_search():
+    chosen = choose_all(smoke_cfg(), Plan((4, 5), (100,), draws=2, arms=("frozen", "random")), "/nonexistent")
+    assert {s: sorted(row["arms"]) for s, row in chosen.items()} == {4: ["frozen", "random"], 5: ["frozen", "random"]}
+    assert chosen[4]["arms"]["frozen"] != chosen[5]["arms"]["frozen"] and len(chosen[4]["arms"]["random"]) == 2
+
+
 def test_summary_scores_each_arm_by_the_mean_over_evaluation_seeds_and_draws():
     g = {k: {"cell": [], "path": [i]} for i, k in enumerate("pdrxy")}
     chosen = {0: {"arms": {"pipeline": [g["p"]], "decoded": [g["d"]], "random": [g["x"], g["y"]]}},
@@ -147,7 +179,7 @@ def test_summary_scores_each_arm_by_the_mean_over_evaluation_seeds_and_draws():
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path):
+def test_the_five_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path):
     """validate.py --config on the smoke chain: every arm chooses at two search seeds, every choice is retrained
     at two evaluation seeds on the test split, and arms.json holds the comparison."""
     from local_cluster import cluster_env
@@ -162,7 +194,7 @@ def test_the_four_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
     stdout = proc.stdout
     assert proc.returncode == 0, stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "arms.json").read_text())
-    assert set(result["arms"]) == {"pipeline", "decoded", "random-search", "random"}
+    assert set(result["arms"]) == {"pipeline", "decoded", "frozen", "random-search", "random"}
     assert result["eval_seeds"] == [100, 101] and result["search_seeds"] == [0, 1]
     floor = constant_predictor_miou(result["config"], "report")
     assert all(len(r["test_miou"]) == 2 and all(floor < v <= 1 for v in r["test_miou"])

@@ -29,6 +29,7 @@ from search_space import (
 )
 from search_space.cell_search import Cell, MixedOp
 from search_space.summary import count_macs, count_params
+from search_space.supernet import initial_arch_parameters
 from search_space.trellis import DIRECTIONS
 
 TINY = dict(layers=3, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
@@ -261,6 +262,21 @@ def test_param_groups_disjoint_and_complete():
     assert arch | weights == {id(p) for p in net.parameters()}
     assert net.alpha.shape == (num_edges(2), len(PRIMITIVES)) and net.beta.shape == (3, 4, 3)
     assert net.alpha.abs().max() < 1e-2 and net.beta.abs().max() < 1e-2  # 1e-3 * N(0, 1)
+
+
+def test_the_supernet_starts_from_initial_arch_parameters(monkeypatch):
+    """The arm study's frozen arm decodes `initial_arch_parameters`: it must be the supernet's own init."""
+    from search_space import supernet
+
+    drawn = []
+    monkeypatch.setattr(supernet, "initial_arch_parameters",
+                        lambda *a: drawn.append(initial_arch_parameters(*a)) or drawn[-1])
+    net = SuperNet(5, **TINY)
+    assert len(drawn) == 1 and torch.equal(net.alpha, drawn[0][0]) and torch.equal(net.beta, drawn[0][1])
+    first = initial_arch_parameters(3, 2, torch.Generator().manual_seed(3))
+    again = initial_arch_parameters(3, 2, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert first[0].shape == net.alpha.shape and first[1].shape == net.beta.shape
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
     adl search --config experiments/configs/default.yaml              # sweep -> decode -> retrain, on Ray
     adl retrain --arch autodeeplab-S --config experiments/configs/cityscapes.yaml
-    adl validate --config experiments/configs/default.yaml --out results/arms   # four arms, equal compute, test split
+    adl validate --config experiments/configs/default.yaml --out results/arms   # five arms, equal compute, test split
     adl validate --experiment results/<name>                          # the searched genotype against random ones
     adl analyze results/<name>                                        # leaderboard, tables and plots, no Ray
     adl evaluate --experiment results/<name>                          # mIoU, single- and multi-scale, no Ray

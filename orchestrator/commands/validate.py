@@ -2,8 +2,9 @@
 
 Two modes:
 
-    # The four arms at equal compute, paired by search seed (orchestrator/sweep/arms.py): the shipped chain, its
-    # decoded genotype alone, random search through the same filter, single random draws; search seeds 10-14
+    # The five arms at equal compute, paired by search seed (orchestrator/sweep/arms.py): the shipped chain, its
+    # decoded genotype alone, the decoding of alpha/beta never updated (frozen), random search through the same
+    # filter, single random draws; search seeds 10-14
     adl validate --config experiments/configs/default.yaml --out results/arms
     adl validate --config experiments/configs/smoke.yaml --search-seeds 0,1 --out /tmp/arms
     adl validate --config experiments/configs/smoke.yaml --print-config      # the arms' config, and why
@@ -54,8 +55,9 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
                         "searches and both filters' short retrains keep the config (docs/validation.md, the "
                         "yardstick; default: none, the config's retrain)")
     parser.add_argument("--draws", type=int, default=2, help="arm mode: random draws per search seed (default 2)")
-    parser.add_argument("--arms", default="pipeline,decoded,random-search,random",
-                        help="arm mode: which arms (default: all four, pipeline,decoded,random-search,random)")
+    parser.add_argument("--arms", default="pipeline,decoded,frozen,random-search,random",
+                        help="arm mode: which arms (default: all five, pipeline,decoded,frozen,random-search,random;"
+                        " frozen: the search's alpha/beta never updated, decoded)")
     parser.add_argument("--random", type=int, default=8, help="experiment mode: random architectures (default 8)")
     parser.add_argument("--seeds", type=int, default=2, help="experiment mode: seeds per searched genotype (default 2)")
     parser.add_argument("--random-seeds", type=int, default=1, help="experiment mode: seeds per random one (default 1)")

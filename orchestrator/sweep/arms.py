@@ -1,10 +1,14 @@
-"""Does the search beat chance, at equal compute, on data it never chose on? Four arms, paired by search seed.
+"""Does the search beat chance, at equal compute, on data it never chose on? Five arms, paired by search seed.
 
 For each search seed s (the config's ``runtime.seed`` set to s):
 
 - ``pipeline``: the shipped chain (sweep, decode, the selection step) up to its choice, without its own final
   retrain: the architecture a user of the config gets.
 - ``decoded``: the same search's decoded genotype (the paper's method alone, no short-retrain filter).
+- ``frozen``: the ablation of the architecture updates: alpha and beta as a search initialises them, never
+  updated, decoded the same way (the config's cell cap and beta decoding; Viterbi for ``selection.path:
+  supernet``). What the decoding gives before anything is learned: a random cell on Viterbi's prior path.
+  ``decoded`` - ``frozen`` is what the search's alpha/beta updates add. It costs only its evaluation retrains.
 - ``random-search``: K genotypes drawn uniformly from the space through the same filter (the selection
   section's short retrains at the same seeds, the same metric on the selection split). K makes its compute equal
   to the pipeline's: the pipeline's short retrains plus as many more as its search's time buys at their measured
@@ -38,10 +42,11 @@ from orchestrator.sweep.retrain_trials import run_trials
 from search_space import Genotype
 from search_space.sampling import sample_genotypes
 
-ARMS = ("pipeline", "decoded", "random-search", "random")
+ARMS = ("pipeline", "decoded", "frozen", "random-search", "random")
 ARMS_FILE = "arms.json"
-RANDOM_SEARCH_STREAM, RANDOM_STREAM = 1_000_000, 2_000_000
-"""Sample seeds of the two random arms at search seed s: stream + s (no arm draws what another draws)."""
+RANDOM_SEARCH_STREAM, RANDOM_STREAM, FROZEN_STREAM = 1_000_000, 2_000_000, 3_000_000
+"""Sample seeds of the random arms and of ``frozen``'s initialisation at search seed s: stream + s (no arm
+draws what another draws)."""
 
 
 class ArmsError(ValueError):
@@ -128,6 +133,21 @@ def random_draws(cfg: ExperimentConfig, seed: int, draws: int) -> list[dict[str,
     return [g.to_dict() for g in sample_genotypes(space.layers, space.blocks, draws, seed=RANDOM_STREAM + seed)]
 
 
+def frozen_genotype(cfg: ExperimentConfig, seed: int) -> dict[str, Any]:
+    """The ``frozen`` arm at ``seed``: the search's initial alpha and beta (`initial_arch_parameters`, drawn
+    from stream FROZEN_STREAM + seed), decoded as the pipeline decodes."""
+    import torch
+
+    from orchestrator.sweep.final import BETA_DECODINGS, decoded_cell
+    from search_space.supernet import initial_arch_parameters
+
+    space, s = cfg.search_space, cfg.selection
+    generator = torch.Generator().manual_seed(FROZEN_STREAM + seed)
+    alpha, beta = initial_arch_parameters(space.layers, space.blocks, generator)
+    path = BETA_DECODINGS.get(s.path, BETA_DECODINGS["viterbi"])(beta)
+    return Genotype(cell=decoded_cell(alpha, s.max_param_free), path=path).to_dict()
+
+
 def choose_all(cfg: ExperimentConfig, plan: Plan, out: str) -> dict[int, dict[str, Any]]:
     """Per search seed: each arm's architectures (a list: one, or the random draws) and the stage timings."""
     chosen: dict[int, dict[str, Any]] = {}
@@ -146,6 +166,8 @@ def choose_all(cfg: ExperimentConfig, plan: Plan, out: str) -> dict[int, dict[st
                 searched = run_random_search(cfg, seed, k, out)
                 row["random-search"] = {"candidates": k, "seconds": searched["seconds"]}
                 row["arms"]["random-search"] = [searched["selected"]]
+        if "frozen" in plan.arms:
+            row["arms"]["frozen"] = [frozen_genotype(cfg, seed)]
         if "random" in plan.arms:
             row["arms"]["random"] = random_draws(cfg, seed, plan.draws)
         row["arms"] = {arm: genotypes for arm, genotypes in row["arms"].items() if arm in plan.arms}
