@@ -27,8 +27,10 @@ from orchestrator.sweep.arms import (
     choose_all,
     evaluation_config,
     frozen_genotype,
+    previous_scores,
     random_draws,
     random_search_size,
+    supernet_ranking,
 )
 from orchestrator.sweep.retrain_trials import retrain_inputs
 from search_space import PARAMETER_FREE, Genotype, decode_path
@@ -146,6 +148,24 @@ def test_frozen_and_random_arms_choose_without_a_search():
     chosen = choose_all(smoke_cfg(), Plan((4, 5), (100,), draws=2, arms=("frozen", "random")), "/nonexistent")
     assert {s: sorted(row["arms"]) for s, row in chosen.items()} == {4: ["frozen", "random"], 5: ["frozen", "random"]}
     assert chosen[4]["arms"]["frozen"] != chosen[5]["arms"]["frozen"] and len(chosen[4]["arms"]["random"]) == 2
+
+
+@pytest.mark.parametrize("stored", ["by label", "in order (older arms.json)"])
+def test_a_rerun_reuses_the_supernet_scores_of_a_finished_study(tmp_path, stored):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    rows = [{"label": label, "genotype": {"path": [i]}, "test_miou": [0.1 * i, 0.1 * i]}
+            for i, label in enumerate("abc")]
+    ranking = {"search_seed": 10, "checkpoint": str(checkpoint), "supernet_miou": [0.3, 0.2, 0.1]}
+    if stored == "by label":
+        ranking["scores"] = {"a": 0.3, "b": 0.2, "c": 0.1}
+    (tmp_path / "arms.json").write_text(json.dumps({"architectures": rows + rows[:1], "supernet_ranking": [ranking]}))
+    assert previous_scores(str(tmp_path)) == {10: (str(checkpoint), {"a": 0.3, "b": 0.2, "c": 0.1})}
+    chosen = {10: {"pipeline": {"checkpoint": str(checkpoint)}}}
+    # every score is there: nothing is scored again (no Ray), tau is recomputed against the new truth
+    (result,) = supernet_ranking(smoke_cfg(), chosen, list(reversed(rows)), str(tmp_path))
+    assert result["supernet_miou"] == [0.1, 0.2, 0.3] and result["reused"] == 3
+    assert result["kendall_tau"] == pytest.approx(-1.0)
 
 
 def test_summary_scores_each_arm_by_the_mean_over_evaluation_seeds_and_draws():

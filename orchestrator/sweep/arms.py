@@ -196,27 +196,55 @@ def genotype_label(genotype: dict[str, Any]) -> str:
     return f"g-{genotype_key(Genotype.from_dict(genotype))}"
 
 
+def previous_scores(out: str) -> dict[int, tuple[str | None, dict[str, float]]]:
+    """Per search seed, the supernet scores a finished study in ``out`` computed (its checkpoint, label -> score):
+    a score depends only on the checkpoint and the genotype, so a rerun (another arm, another yardstick) reuses
+    them. Older arms.json files hold the scores in the order of their distinct architectures."""
+    path = storage.join(out, ARMS_FILE)
+    if not storage.is_file(path):
+        return {}
+    previous = storage.read_json(path)
+    labels = list(dict.fromkeys(r["label"] for r in previous.get("architectures", [])))
+    found = {}
+    for row in previous.get("supernet_ranking", []):
+        scores = row.get("scores")
+        if scores is None and len(row.get("supernet_miou", [])) == len(labels):
+            scores = dict(zip(labels, row["supernet_miou"], strict=True))
+        if scores is not None:
+            found[int(row["search_seed"])] = (row.get("checkpoint"), scores)
+    return found
+
+
 def supernet_ranking(cfg: ExperimentConfig, chosen: dict[int, dict[str, Any]], rows: list[dict[str, Any]],
                      out: str) -> list[dict[str, Any]]:
     """Per search seed: its trained supernet's score of every evaluated architecture (alpha and beta fixed to
-    it) and Kendall's tau against their mean test mIoU: does the supernet rank architectures at all?"""
+    it; scores of a previous run with the same checkpoint reused, `previous_scores`) and Kendall's tau against
+    their mean test mIoU: does the supernet rank architectures at all?"""
     import ray
 
     from orchestrator.sweep.validation import kendall_tau, score_remote
 
-    distinct = {r["label"]: r for r in rows}
-    genotypes = [r["genotype"] for r in distinct.values()]
-    truth = [mean_or_nan(r["test_miou"]) for r in distinct.values()]
+    distinct = {r["label"]: r["genotype"] for r in rows}
+    truth = [mean_or_nan(r["test_miou"]) for r in {r["label"]: r for r in rows}.values()]
     threads = max(1, int(cfg.retrain.num_workers * cfg.scaling.cpus_per_worker))
+    known = previous_scores(out)
     out_rows = []
     for seed, row in chosen.items():
         checkpoint = (row.get("pipeline") or {}).get("checkpoint")
         if not checkpoint or not storage.is_dir(checkpoint):
             continue
-        task = score_remote.options(num_cpus=threads)
-        scores = ray.get(task.remote(checkpoint, config_to_dict(seed_config(cfg, int(seed))), genotypes, threads))
-        out_rows.append({"search_seed": int(seed), "checkpoint": checkpoint, "supernet_miou": scores,
-                         "kendall_tau": kendall_tau(scores, truth)})
+        reused_checkpoint, reused = known.get(int(seed), (None, {}))
+        scores = dict(reused) if reused_checkpoint == checkpoint else {}
+        missing = [label for label in distinct if label not in scores]
+        if missing:
+            task = score_remote.options(num_cpus=threads)
+            new = ray.get(task.remote(checkpoint, config_to_dict(seed_config(cfg, int(seed))),
+                                      [distinct[label] for label in missing], threads))
+            scores.update(zip(missing, new, strict=True))
+        ordered = [scores[label] for label in distinct]
+        out_rows.append({"search_seed": int(seed), "checkpoint": checkpoint, "supernet_miou": ordered,
+                         "scores": {label: scores[label] for label in distinct}, "reused": len(distinct) - len(missing),
+                         "kendall_tau": kendall_tau(ordered, truth)})
     return out_rows
 
 
