@@ -4,7 +4,6 @@ random search; the whole study end to end on the smoke config (cluster tier)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -32,7 +31,7 @@ from orchestrator.sweep.arms import (
     random_search_size,
     supernet_ranking,
 )
-from orchestrator.sweep.retrain_trials import retrain_inputs
+from orchestrator.sweep.retrain_trials import run_name, trial_config
 from search_space import PARAMETER_FREE, Genotype, decode_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,9 +230,11 @@ def test_the_five_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
     # The evaluation retrains ran with --eval-override's epochs, the short retrains of both filters with the config's.
     assert result["config"]["retrain"]["epochs"] == 8 and result["evaluation_retrain"]["epochs"] == 10
     assert all((r / "epochs" / "epoch-0010.json").is_file() for r in runs)
-    evaluated = config_from_dict({**result["config"], "retrain": result["evaluation_retrain"]})
-    budget = json.dumps(retrain_inputs(evaluated), sort_keys=True)
-    assert {r.name.split("-")[2] for r in runs} == {hashlib.sha256(budget.encode()).hexdigest()[:6]}
+    evaluated = {**result["config"], "retrain": result["evaluation_retrain"]}
+    in_process = result["config"]["selection"]["in_process"]
+    names = {run_name(Genotype.from_dict(r["genotype"]), seed, trial_config(evaluated, seed, "check", in_process))
+             for r in result["architectures"] for seed in (100, 101)}
+    assert {r.name for r in runs} == names
     short = sorted((out / "random-search").glob("seed*/selection/**/retrain-*-seed*"))
     assert short and all(r.name.split("-")[2] not in {p.name.split("-")[2] for p in runs} for r in short)
 

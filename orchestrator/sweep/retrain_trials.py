@@ -73,6 +73,18 @@ def finished_retrain(directory: str, epochs: int) -> dict[str, Any] | None:
     return None
 
 
+def trial_config(base: dict[str, Any], seed: int, label: str, in_process: bool = False) -> ExperimentConfig:
+    """The config one retrain trial runs with: ``base`` at ``runtime.seed`` = ``seed``; ``in_process``: one
+    worker with the global batch of ``retrain.num_workers`` workers (so the run's name and result match)."""
+    cfg = with_overrides(config_from_dict(base, "retrain trial base config"), {"runtime.seed": seed},
+                         f"retrain trial {label} seed {seed}")
+    if in_process:
+        r = cfg.retrain
+        cfg = with_overrides(cfg, {"retrain.batch_size": r.batch_size * r.num_workers, "retrain.num_workers": 1},
+                             f"in-process retrain trial {label}")
+    return cfg
+
+
 def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_process: bool = False,
                   report: bool = False) -> None:
     """One retrain of ``config["trial"]["genotype"]`` with ``runtime.seed`` set to its ``seed``, reported to
@@ -81,12 +93,7 @@ def retrain_trial(config: dict[str, Any], base: dict[str, Any], runs: str, in_pr
     through `report_listener`. It keeps no checkpoint: interrupted, it starts again. ``report``: a full retrain
     that evaluates the report split after its last epoch (never for the short retrains that select)."""
     config = config["trial"]
-    cfg = with_overrides(config_from_dict(base, "retrain trial base config"), {"runtime.seed": config["seed"]},
-                         f"retrain trial {config['label']} seed {config['seed']}")
-    if in_process:
-        r = cfg.retrain
-        cfg = with_overrides(cfg, {"retrain.batch_size": r.batch_size * r.num_workers, "retrain.num_workers": 1},
-                             f"in-process retrain trial {config['label']}")
+    cfg = trial_config(base, config["seed"], config["label"], in_process)
     genotype = Genotype.from_dict(config["genotype"], f"retrain trial {config['label']}")
     name = run_name(genotype, config["seed"], cfg)
     ended = finished_retrain(run_dir(runs, name), cfg.retrain.epochs)
