@@ -17,6 +17,12 @@ the per-level ASPPs give ``decoder_channels`` features, summed at rate 4, and a 
 with the stem's rate-4 output before the classifier. Without it a stride-32 map of a small crop predicts alone
 and deep paths cannot pay in the search, while the retrain's decoder restores their detail.
 
+Head mix. ``head_mix="sum"`` is the paper's: every level's head counts fully, whatever beta says, so the
+relaxation can use stride-32 context with beta untouched and beta's gradient only reallocates each node's inputs.
+``head_mix="reach"`` (a documented departure, `HEAD_MIXES`) weights each level's head by the probability that
+beta's path ends there (`trellis.end_level_probs`): the heads' outputs become a mixture over where the path ends,
+so a level whose head predicts better pulls beta toward paths that reach it.
+
 `forward(x, genotype)` scores one architecture with the shared weights (alpha and beta fixed to it): alpha is the
 genotype's one-hot op per kept edge, every node on the genotype's path takes its input from the path's previous
 node alone, and only the head of the path's last level predicts. Nodes off the path still run, since the path's
@@ -45,7 +51,7 @@ from search_space.genotypes import RATES, Genotype
 from search_space.heads import DeepLabDecoder, SearchASPP
 from search_space.operations import PRIMITIVES, ReLUConvBN, check_family
 from search_space.stem import Stem, level_sizes
-from search_space.trellis import NUM_LEVELS, incoming, reachable_levels, transition_probs
+from search_space.trellis import NUM_LEVELS, end_level_probs, incoming, reachable_levels, transition_probs
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -58,10 +64,20 @@ HEADS = ("aspp", "decoder")
 """Search heads: the paper's per-level ASPPs summed ("aspp"), or those ASPPs feeding a DeepLabv3+ decoder."""
 
 
+HEAD_MIXES = ("sum", "reach")
+"""How the heads of layer L's levels combine: summed (the paper) or weighted by beta's end-level probabilities."""
+
+
 def check_head(head: str) -> str:
     if head not in HEADS:
         raise ValueError(f"unknown search head {head!r}: expected one of {', '.join(HEADS)}")
     return head
+
+
+def check_head_mix(head_mix: str) -> str:
+    if head_mix not in HEAD_MIXES:
+        raise ValueError(f"unknown head mix {head_mix!r}: expected one of {', '.join(HEAD_MIXES)}")
+    return head_mix
 
 
 def genotype_weights(genotype: Genotype, edges: int) -> torch.Tensor:
@@ -165,18 +181,20 @@ class SuperNet(nn.Module):
             on CPU, 0.75 GB less peak memory for one more depthwise conv and matmul per unit in backward (steps
             5-10% slower). False stores the depthwise outputs and BN inputs instead.
         head: "aspp" (the paper's search head) or "decoder" (see the module docstring).
+        head_mix: "sum" (the paper's) or "reach" (see the module docstring).
     """
 
     def __init__(self, num_classes: int, layers: int = 12, blocks: int = 5, filter_multiplier: int = 8,
                  ops: str = "paper", stem_channels: tuple[int, int, int] = (64, 64, 128),
                  checkpoint_cells: bool | Iterable[int] = False, recompute_units: bool = True,
-                 head: str = "aspp"):
+                 head: str = "aspp", head_mix: str = "sum"):
         super().__init__()
         if layers < 1 or blocks < 1 or filter_multiplier < 1 or num_classes < 1:
             raise ValueError("SuperNet needs layers, blocks, filter_multiplier and num_classes >= 1, got "
                              f"{layers}, {blocks}, {filter_multiplier}, {num_classes}")
         self.num_classes, self.layers, self.blocks = num_classes, layers, blocks
         self.filter_multiplier, self.ops, self.head = filter_multiplier, check_family(ops), check_head(head)
+        self.head_mix = check_head_mix(head_mix)
         self.checkpoint_levels = checkpoint_level_set(checkpoint_cells)
         self.stem = Stem(stem_channels)
         self.nodes = nn.ModuleDict()
@@ -261,17 +279,26 @@ class SuperNet(nn.Module):
                     checkpointed = checkpointing and level in self.checkpoint_levels
                     cur[level] = node(prev, pp, probs, weights, sizes[level], checkpointed)
             prev_prev, prev = prev, cur
-        levels = [int(level) for level in self.heads] if genotype is None else [genotype.path[-1]]
-        return self._head(prev, levels, rate4, tuple(x.shape[2:]))
+        return self._head(prev, self._head_scales(trans, genotype), rate4, tuple(x.shape[2:]))
 
-    def _head(self, last: dict[int, torch.Tensor], levels: list[int], rate4: torch.Tensor,
+    def _head_scales(self, trans: torch.Tensor, genotype: Genotype | None) -> dict[int, torch.Tensor | None]:
+        """The levels whose heads predict, each with its weight (None: 1): the genotype's last level alone, or
+        every level of layer L, weighted by beta's end-level probabilities under ``head_mix="reach"``."""
+        if genotype is not None:
+            return {genotype.path[-1]: None}
+        ends = end_level_probs(trans) if self.head_mix == "reach" else None
+        return {int(level): None if ends is None else ends[int(level)] for level in self.heads}
+
+    def _head(self, last: dict[int, torch.Tensor], scales: dict[int, torch.Tensor | None], rate4: torch.Tensor,
               out_size: tuple[int, int]) -> torch.Tensor:
-        """The heads of ``levels`` on layer L's nodes ``last``, summed (at the input size for "aspp", at rate 4
-        before the decoder for "decoder"); logits at ``out_size``."""
+        """The heads of the levels in ``scales`` on layer L's nodes ``last``, each times its scale (None: 1),
+        summed (at the input size for "aspp", at rate 4 before the decoder for "decoder"); logits at
+        ``out_size``."""
         size = out_size if self.head == "aspp" else tuple(rate4.shape[2:])
         total = None
-        for level in levels:
+        for level, scale in scales.items():
             y = resize(self.heads[str(level)](last[level]), size)
+            y = y if scale is None else scale * y
             total = y if total is None else total + y
         if self.head == "aspp":
             return total

@@ -7,6 +7,10 @@ Layer 0 is the stem (level 0 only); row ``l`` holds the transitions from layer l
 beta is normalized over each node's *outgoing* edges, so a row of `transition_probs` is a probability
 distribution over where the path goes next (two edges at levels 0 and 3, three elsewhere, no extra
 constant). Entries for unreachable nodes and impossible directions are 0.
+
+Read as a Markov chain that starts at the stem (layer 0, level 0), these transitions give every layer a
+distribution over the levels a path occupies; `end_level_probs` is that distribution at layer L, the chance that
+beta's path ends at each level (what the ``reach`` head mix of the supernet weights its heads by).
 """
 
 from __future__ import annotations
@@ -42,6 +46,21 @@ def transition_probs(beta: torch.Tensor) -> torch.Tensor:
     probs = torch.softmax(logits, dim=-1)
     # Rows of unreachable nodes are all -inf -> NaN after softmax; they carry no edge.
     return torch.where(mask, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
+
+
+def end_level_probs(trans: torch.Tensor) -> torch.Tensor:
+    """``[4]``: the probability that a path following the transitions ``trans`` (`transition_probs`, ``[L, 4, 3]``)
+    from the stem ends at each level of layer L. Sums to 1; differentiable in ``trans``."""
+    reach = trans.new_zeros(NUM_LEVELS)
+    reach[0] = 1.0
+    for layer in range(trans.shape[0]):
+        moved = reach.unsqueeze(1) * trans[layer]  # [source level, direction]
+        nxt = []
+        for level in range(NUM_LEVELS):
+            terms = [moved[level - step, d] for d, step in enumerate(DIRECTIONS) if 0 <= level - step < NUM_LEVELS]
+            nxt.append(torch.stack(terms).sum())
+        reach = torch.stack(nxt)
+    return reach
 
 
 def incoming(layer: int, level: int) -> tuple[tuple[int, int], ...]:

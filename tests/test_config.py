@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,7 @@ def test_unknown_override_key_is_refused(tmp_path: Path):
     ({"search_space": {"ops": "fancy"}}, "search_space.ops"),
     ({"search_space": {"stem_channels": [8, 8]}}, "search_space.stem_channels"),
     ({"search_space": {"head": "fpn"}}, "search_space.head"),
+    ({"search_space": {"head_mix": "mean"}}, "search_space.head_mix"),
     ({"selection": {"path": "greedy"}}, "selection.path"),
     ({"selection": {"top_k": 0}}, "selection.top_k"),
     ({"selection": {"candidates": "random"}}, "selection.candidates"),
@@ -153,6 +156,16 @@ def test_hash_and_derived_name_are_stable_and_ignore_where_the_run_lives():
     assert config_hash(a) != config_hash(with_overrides(a, ["search.arch_lr=0.01"]))
     assert derive_name(a, "experiments/configs/smoke.yaml") == f"smoke-{config_hash(a)}"
     assert derive_name(with_overrides(a, ["name=mine"]), "x.yaml") == "mine"
+
+
+def test_a_key_added_later_keeps_the_names_of_runs_made_before_it():
+    """search_space.head_mix came after runs were named: at its default it leaves the hash as it was."""
+    cfg = config_from_dict({"search": {"epochs": 4, "warmup_epochs": 1}})
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "storage_path")}
+    del data["search_space"]["head_mix"], data["runtime"]["progress_seconds"]
+    before = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+    assert config_hash(cfg) == before
+    assert config_hash(with_overrides(cfg, ["search_space.head_mix=reach"])) != before
 
 
 def test_to_dict_round_trips_and_every_key_is_listed():

@@ -29,8 +29,8 @@ from search_space import (
 )
 from search_space.cell_search import Cell, MixedOp
 from search_space.summary import count_macs, count_params
-from search_space.supernet import initial_arch_parameters
-from search_space.trellis import DIRECTIONS
+from search_space.supernet import HEAD_MIXES, HEADS, initial_arch_parameters, resize
+from search_space.trellis import DIRECTIONS, end_level_probs
 
 TINY = dict(layers=3, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
 
@@ -163,6 +163,44 @@ def test_decode_path_equals_brute_force(layers, seed):
     decoded = decode_path(beta)
     assert decoded == best
     Genotype(cell=AUTODEEPLAB.cell, path=decoded)  # legal by construction
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 6])
+@pytest.mark.parametrize("seed", range(3))
+def test_end_level_probs_sum_the_paths_ending_at_each_level(layers, seed):
+    torch.manual_seed(100 * layers + seed)
+    probs = transition_probs(torch.randn(layers, 4, 3) * 2).double()
+    want = [0.0] * 4
+    for path in _legal_paths(layers):
+        want[path[-1]] += _path_prob(probs, path)
+    got = end_level_probs(probs)
+    assert got.tolist() == pytest.approx(want, abs=1e-12)
+    assert float(got.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("head_mix", HEAD_MIXES)
+def test_head_mix_weights_each_level_head(head, head_mix):
+    """"sum" adds every level's head as it is (the paper); "reach" weights each by beta's end-level probability."""
+    torch.manual_seed(0)
+    net = SuperNet(5, layers=4, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16), head=head, head_mix=head_mix)
+    with torch.no_grad():
+        net.beta.copy_(torch.randn_like(net.beta))
+    outs = {}
+    for level, module in net.heads.items():
+        module.register_forward_hook(lambda m, i, o, level=int(level): outs.__setitem__(level, o))
+    x = torch.randn(2, 3, 32, 32)
+    y = net.eval()(x)
+    ends = end_level_probs(transition_probs(net.beta))
+    size = (32, 32) if head == "aspp" else (8, 8)
+    mixed = sum((ends[level] if head_mix == "reach" else 1.0) * resize(out, size) for level, out in outs.items())
+    want = mixed if head == "aspp" else resize(net.decoder(mixed, net.stem(x)[1]), (32, 32))
+    assert len(outs) == 4 and torch.allclose(y, want, atol=1e-5)
+
+
+def test_unknown_head_mix_is_refused():
+    with pytest.raises(ValueError, match="unknown head mix 'mean'.*sum, reach"):
+        SuperNet(5, head_mix="mean", **TINY)
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 3, 5])

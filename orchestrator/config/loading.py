@@ -247,6 +247,9 @@ def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
 
 _HASH_EXCLUDED = ("name", "storage_path")  # where a run lives is not what it computes
 _HASH_EXCLUDED_KEYS = {"runtime": ("progress_seconds",)}  # how a run reports progress is not what it computes
+_HASH_NEW_DEFAULTS = {"search_space": {"head_mix": "sum"}}
+"""Keys added after runs were named, left out of the hash at the value every earlier run had: an existing run
+keeps its name (and resumes) under the new version."""
 
 
 def config_hash(cfg: ExperimentConfig, length: int = 8) -> str:
@@ -255,6 +258,8 @@ def config_hash(cfg: ExperimentConfig, length: int = 8) -> str:
     data = {k: v for k, v in config_to_dict(cfg).items() if k not in _HASH_EXCLUDED}
     for section, keys in _HASH_EXCLUDED_KEYS.items():
         data[section] = {k: v for k, v in data[section].items() if k not in keys}
+    for section, defaults in _HASH_NEW_DEFAULTS.items():
+        data[section] = {k: v for k, v in data[section].items() if k not in defaults or defaults[k] != v}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 

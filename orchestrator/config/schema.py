@@ -26,13 +26,13 @@ from orchestrator.config.rules import (
 )
 from search_space.genotypes import RATES
 from search_space.operations import OP_FAMILIES
-from search_space.supernet import HEADS
+from search_space.supernet import HEAD_MIXES, HEADS
 from search_space.trellis import NUM_LEVELS
 
-SEARCH_SPACE_KEYS = ("layers", "blocks", "filter_multiplier", "ops", "stem_channels", "head")
+SEARCH_SPACE_KEYS = ("layers", "blocks", "filter_multiplier", "ops", "stem_channels", "head", "head_mix")
 """The keys that define the supernet's shape: a checkpoint only resumes into the same values."""
 
-SEARCH_SPACE_KEY_DEFAULTS = {"head": "aspp"}
+SEARCH_SPACE_KEY_DEFAULTS = {"head": "aspp", "head_mix": "sum"}
 """What a checkpoint made before a search-space key existed had, for that key."""
 
 PATH_SELECTIONS = ("viterbi", "centred", "supernet")
@@ -62,6 +62,10 @@ class SearchSpaceConfig:
     # "aspp": the paper's search head (an ASPP per rate, summed). "decoder": those ASPPs feed a DeepLabv3+
     # decoder with the stem's rate-4 features, as the retrain network does (search_space/supernet.py).
     head: str = setting("aspp", one_of(HEADS))
+    # "sum": the paper's, every level's head counts fully whatever beta is. "reach": each level's head weighted by
+    # the probability that beta's path ends there, so beta learns which level's head predicts best (a departure;
+    # search_space/supernet.py, docs/validation.md).
+    head_mix: str = setting("sum", one_of(HEAD_MIXES))
 
 
 PRIVATE_TEST_LABELS = ("cityscapes", "voc", "ade20k")

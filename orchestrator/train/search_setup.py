@@ -73,7 +73,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> SuperNet:
     s = cfg.search_space
     return SuperNet(num_classes, layers=s.layers, blocks=s.blocks, filter_multiplier=s.filter_multiplier,
                     ops=s.ops, stem_channels=tuple(s.stem_channels), checkpoint_cells=cfg.runtime.checkpoint_levels,
-                    recompute_units=cfg.runtime.recompute_units, head=s.head)
+                    recompute_units=cfg.runtime.recompute_units, head=s.head, head_mix=s.head_mix)
 
 
 def make_optimizers(net: SuperNet, cfg: ExperimentConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:

@@ -60,7 +60,7 @@ def load_supernet(checkpoint_path: str, cfg: ExperimentConfig | None = None) -> 
     cfg = cfg or config_from_dict(state["config"], f"checkpoint {checkpoint_path}")
     s, num_classes = cfg.search_space, int(state["search_space"]["num_classes"])
     net = SuperNet(num_classes, layers=s.layers, blocks=s.blocks, filter_multiplier=s.filter_multiplier,
-                   ops=s.ops, stem_channels=tuple(s.stem_channels), head=s.head)
+                   ops=s.ops, stem_channels=tuple(s.stem_channels), head=s.head, head_mix=s.head_mix)
     net.load_state_dict(state["model"])
     return TrainedSupernet(net.eval(), cfg, num_classes)
 
