@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config import load_config, with_overrides
+from orchestrator.sweep import budget
 from orchestrator.sweep.retrain_trials import run_name
 from search_space import Genotype
 
@@ -31,3 +32,16 @@ def test_a_run_name_changes_exactly_with_what_the_result_depends_on(overrides, s
 def test_seeds_and_genotypes_name_different_runs():
     other = Genotype.from_dict({**GENOTYPE.to_dict(), "path": [0, 0, 1]})
     assert len({run_name(GENOTYPE, 0, BASE), run_name(GENOTYPE, 1, BASE), run_name(other, 0, BASE)}) == 3
+
+
+@pytest.mark.parametrize("overrides, same", [
+    ({"storage_path": "/elsewhere"}, True),                 # where it lives
+    ({"search.arch_lr": 0.01}, False),
+    ({"search_space.head_mix": "reach"}, False),
+    ({"data.options": {"size": 64, "task": "context"}}, False),
+])
+def test_a_study_search_is_named_by_its_whole_config(overrides, same):
+    """A study's search (`orchestrator.sweep.budget`) rerun with another setting must not resume the old one."""
+    changed = with_overrides(BASE, overrides, "test")
+    assert (budget.run_name(64, 0, changed) == budget.run_name(64, 0, BASE)) is same
+    assert budget.run_name(64, 0, BASE) != budget.run_name(64, 1, BASE) != budget.run_name(128, 1, BASE)

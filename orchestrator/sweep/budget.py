@@ -2,19 +2,20 @@
 
 One search (Ray Train, no Tune) per (budget, seed, overrides): the config with ``runtime.seed`` and as many
 epochs after the warmup as the budget of Adam steps on alpha and beta needs (``search.epochs = warmup +
-ceil(budget / steps per epoch)``). The run is named by budget, seed and a hash of the overrides, so running the
-same study again reuses the finished runs. Its per-epoch records (`orchestrator.train.worker.record_epoch`) hold
-everything the studies read: alpha and beta entropy, their gradient norms, the decoded path and cell.
+ceil(budget / steps per epoch)``). The run is named by budget, seed and a hash of its whole config (the config
+file, the study's command-line overrides and its own), so running the same study again reuses the finished runs,
+and a changed setting names a new run instead of resuming one made with another. Its per-epoch records
+(`orchestrator.train.worker.record_epoch`) hold everything the studies read: alpha and beta entropy, their
+gradient norms, the decoded path and cell.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from typing import Any
 
-from orchestrator.config import ExperimentConfig, with_overrides
+from orchestrator.config import ExperimentConfig, config_hash, with_overrides
 from orchestrator.train.trainers import read_epochs, run_dir, run_single_search
 
 
@@ -36,18 +37,16 @@ def budget_config(cfg: ExperimentConfig, arch_steps: int, seed: int) -> Experime
     return with_overrides(cfg, {"runtime.seed": seed, "search.epochs": epochs}, f"budget {arch_steps} seed {seed}")
 
 
-def run_name(arch_steps: int, seed: int, overrides: dict[str, Any] | None = None) -> str:
-    tag = ""
-    if overrides:
-        tag = "-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:6]
-    return f"b{arch_steps}{tag}-seed{seed}"
+def run_name(arch_steps: int, seed: int, run_cfg: ExperimentConfig) -> str:
+    """``b<steps>-<hash of the run's config>-seed<seed>``."""
+    return f"b{arch_steps}-{config_hash(run_cfg, 6)}-seed{seed}"
 
 
 def search_at_budget(cfg: ExperimentConfig, arch_steps: int, seed: int, out: str,
                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) one search; returns its per-epoch records, the decoded genotype and the arch steps done."""
     run_cfg = budget_config(with_overrides(cfg, overrides or {}, "study overrides"), arch_steps, seed)
-    name = run_name(arch_steps, seed, overrides)
+    name = run_name(arch_steps, seed, run_cfg)
     directory = run_dir(out, name)
     epochs = read_epochs(directory)
     if not epochs or epochs[-1]["epoch"] < run_cfg.search.epochs:
