@@ -78,7 +78,7 @@ def test_the_known_answer_study_runs_end_to_end_on_the_smoke_config(ray_cluster,
 
     cmd = [sys.executable, "experiments/studies/known_answer.py", "--config", "experiments/configs/smoke.yaml",
            "--budget", "2", "--seeds", "0", "--cells", "1", "--check-epochs", "1", "--out", str(tmp_path),
-           "runtime.progress_seconds=0"]
+           "runtime.progress_seconds=0", "search_space.head_mix=reach"]  # the departure, through a real search
     proc = subprocess.run(cmd, env={**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}, capture_output=True,
                           text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -89,3 +89,6 @@ def test_the_known_answer_study_runs_end_to_end_on_the_smoke_config(ray_cluster,
         assert run["arch_steps"] >= 2 and run["right"] == verdict(task, run["path"])
         record = json.loads(next((tmp_path / "searches" / task).glob("b2-*-seed0/epochs/epoch-0002.json")).read_text())
         assert record["alpha_grad_norm"] > 0 and record["beta_grad_norm"] > 0
+        assert run["supernet_val_miou"] == record["val_miou"] and sum(run["end_level_probs"]) == pytest.approx(1, 1e-3)
+        config = (tmp_path / "searches" / task).glob("b2-*-seed0/config.yaml")
+        assert "head_mix: reach" in next(config).read_text()

@@ -68,6 +68,28 @@ def retrain_check(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def search_row(run: dict[str, Any]) -> dict[str, Any]:
+    """What a search ended with: its path and genotype, alpha and beta entropy, beta's largest logit, where beta's
+    path ends (`end_level_probs`), the parameter-free ops of the cell, the supernet's val mIoU, the mean gradient
+    norms over the architecture epochs and the search's seconds."""
+    import json
+
+    import torch
+
+    from search_space.trellis import end_level_probs, transition_probs
+
+    last = run["epochs"][-1]
+    beta = torch.tensor(json.loads(last["beta"]) if isinstance(last["beta"], str) else last["beta"])
+    arch = [e for e in run["epochs"] if e.get("arch_updates")] or [last]
+    mean = lambda key: sum(float(e[key]) for e in arch) / len(arch)  # noqa: E731
+    return {"path": run["genotype"]["path"], "alpha_entropy": last["alpha_entropy"],
+            "beta_entropy": last["beta_entropy"], "beta_max_abs": float(beta.abs().max()),
+            "end_level_probs": [round(float(p), 4) for p in end_level_probs(transition_probs(beta))],
+            "param_free_ops": last["param_free_ops"], "supernet_val_miou": last["val_miou"],
+            "alpha_grad_norm": mean("alpha_grad_norm"), "beta_grad_norm": mean("beta_grad_norm"),
+            "arch_steps": run["arch_steps_done"], "seconds": run["seconds"], "genotype": run["genotype"]}
+
+
 def searches(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.config import load_config
     from orchestrator.io import storage
@@ -83,11 +105,10 @@ def searches(args: argparse.Namespace) -> dict[str, Any]:
         for seed in args.seeds:
             run = search_at_budget(cfg, args.budget, seed, storage.join(args.out, "searches", task),
                                    overrides={"data.options": options})
-            last = run["epochs"][-1]
-            rows.append({"seed": seed, "path": run["genotype"]["path"], "right": verdict(task, run["genotype"]["path"]),
-                         "alpha_entropy": last["alpha_entropy"], "beta_entropy": last["beta_entropy"],
-                         "arch_steps": run["arch_steps_done"], "genotype": run["genotype"]})
-            print(f"search {task} seed {seed}: path {rows[-1]['path']} right={rows[-1]['right']}", flush=True)
+            rows.append({"seed": seed, "right": verdict(task, run["genotype"]["path"]), **search_row(run)})
+            r = rows[-1]
+            print(f"search {task} seed {seed}: path {r['path']} right={r['right']} beta max {r['beta_max_abs']:.3f} "
+                  f"ends {r['end_level_probs']} val_miou {r['supernet_val_miou']:.3f}", flush=True)
         out[task] = {"runs": rows, "right": sum(r["right"] for r in rows), "of": len(rows)}
     return out
 
