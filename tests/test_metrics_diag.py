@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from orchestrator.train.metrics import beta_entropy, beta_entropy_per_layer, param_free_ops
+from orchestrator.train.metrics import beta_entropy, beta_entropy_per_layer, end_levels, param_free_ops
 from orchestrator.train.search_loop import EpochFacts, epoch_metrics
 from orchestrator.train.tb_logging import SearchBoard
 from search_space import AUTODEEPLAB, OPS, PARAMETER_FREE, PRIMITIVES, Genotype, SuperNet
@@ -98,3 +98,12 @@ def test_search_board_logs_the_diagnostics():
     board.scalars(3, {"param_free_ops": 2, "path_depth": 3, "beta_entropy_per_layer": [0.5, float("nan"), 0.25]})
     assert board.writer.scalars == {"arch/param_free_ops": 2.0, "arch/path_depth": 3.0,
                                     "arch/beta_entropy_layer0": 0.5, "arch/beta_entropy_layer2": 0.25}
+
+
+def test_end_levels_start_at_the_prior_and_follow_a_settled_beta():
+    """Zero beta: the chain's prior (0.31 0.37 0.23 0.09 at L=4). Beta that always goes one level deeper: at L=3 the
+    path ends at stride 32 with certainty."""
+    assert end_levels(torch.zeros(4, 4, 3)) == pytest.approx([0.3079, 0.3727, 0.2269, 0.0926], abs=1e-4)
+    deeper = torch.zeros(3, 4, 3)
+    deeper[:, :, 2] = 50.0
+    assert end_levels(deeper) == pytest.approx([0.0, 0.0, 0.0, 1.0], abs=1e-6)

@@ -130,14 +130,16 @@ def test_search_board_writes_the_epoch_into_its_event_file(tmp_path: Path):
     net = SuperNet(3, layers=2, blocks=2, filter_multiplier=2, stem_channels=(8, 8, 16))
     board = SearchBoard(tmp_path, ["a", "b", "c"])
     board.scalars(2, {"val_miou": 0.5, "train_loss": 1.25, "arch_loss": float("nan"), "lr": 0.02, "path_depth": 1,
-                      "per_class_iou": [0.1, float("nan"), 0.3], "beta_entropy_per_layer": [0.5, 0.25]})
+                      "per_class_iou": [0.1, float("nan"), 0.3], "beta_entropy_per_layer": [0.5, 0.25],
+                      "end_level_probs": [0.75, 0.125, 0.125, 0.0]})
     board.architecture(2, net.alpha, net.beta, net.genotype())
     board.predictions(2, torch.randn(2, 3, 32, 40), torch.randint(0, 3, (2, 32, 40)),
                       torch.randint(0, 3, (2, 32, 40)), 3)
     board.close()
     (events,) = tmp_path.glob("events.out.tfevents.*")
     expected = {"val/miou": 0.5, "loss/train": 1.25, "lr/weights": 0.02, "arch/path_depth": 1.0, "iou/a": 0.1,
-                "iou/c": 0.3, "arch/beta_entropy_layer0": 0.5, "arch/beta_entropy_layer1": 0.25}
+                "iou/c": 0.3, "arch/beta_entropy_layer0": 0.5, "arch/beta_entropy_layer1": 0.25,
+                "arch/end_level0": 0.75, "arch/end_level1": 0.125, "arch/end_level2": 0.125, "arch/end_level3": 0.0}
     assert tf_scalars(events) == {tag: {2: pytest.approx(value)} for tag, value in expected.items()}  # float32
     others = {v.tag: (e.step, v) for e in tfevents(events) for v in e.summary.value if v.tag not in expected}
     assert sorted(others) == ["arch/alpha", "arch/beta", "genotype/text_summary", "val/prediction_0",

@@ -11,7 +11,8 @@ Read the table with ``pandas.read_parquet("<experiment>/records.parquet")``, pol
 Columns: ``trial_id``, ``epoch``, ``config/<dotted key>`` for each swept hyperparameter, every scalar metric,
 ``per_class_iou`` (list), ``alpha`` (edges x ops), ``beta`` (L x 4 x 3), ``genotype`` (JSON text), ``path``
 (level per layer), the search diagnostics (``param_free_ops``, ``path_depth``, ``alpha_entropy``,
-``beta_entropy``, ``beta_entropy_per_layer`` (list), ``genotype_changed``), ``time_recorded`` (unix seconds).
+``beta_entropy``, ``beta_entropy_per_layer`` (list), ``end_level_probs`` (list, per level), ``genotype_changed``),
+``time_recorded`` (unix seconds).
 """
 
 from __future__ import annotations

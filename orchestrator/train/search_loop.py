@@ -53,6 +53,7 @@ from orchestrator.train.metrics import (
     alpha_entropy,
     beta_entropy,
     beta_entropy_per_layer,
+    end_levels,
     iou_from_confusion,
     param_free_ops,
     pixel_accuracy,
@@ -221,6 +222,7 @@ def epoch_metrics(net: SuperNet, facts: EpochFacts, evaluation: dict[str, Any],
         "alpha_entropy": alpha_entropy(alpha),
         "beta_entropy": beta_entropy(beta),
         "beta_entropy_per_layer": beta_entropy_per_layer(beta),  # entry l: the choice leaving layer l (0: stem)
+        "end_level_probs": end_levels(beta),  # where beta's path ends, per level: moves when beta learns
         "param_free_ops": param_free_ops(genotype),  # pooling/skip ops in the decoded cell: collapse warning
         "path_depth": max(genotype.path),  # deepest level of the decoded path (3: rate 32)
         "alpha_delta": float((alpha - start[0]).abs().max()),

@@ -152,6 +152,8 @@ class SearchBoard:
         for layer, entropy in enumerate(metrics.get("beta_entropy_per_layer", [])):
             if entropy is not None and not math.isnan(entropy):
                 self.writer.add_scalar(f"arch/beta_entropy_layer{layer}", entropy, epoch)
+        for level, prob in enumerate(metrics.get("end_level_probs", [])):
+            self.writer.add_scalar(f"arch/end_level{level}", prob, epoch)
         for name, iou in zip(self.class_names, metrics.get("per_class_iou", []), strict=False):
             if not math.isnan(iou):
                 self.writer.add_scalar(f"iou/{name}", iou, epoch)
