@@ -87,13 +87,15 @@ def ray_cluster():
     GCS, dashboard and job drivers, as on a real cluster) and two worker nodes of 2 logical CPUs each, so a
     test can lose a worker node without losing the cluster. One Ray instance per session: with two on one
     machine, Ray's state API (used by Train's placement-group cleaner) refuses to pick one."""
-    from local_cluster import LocalCluster
+    from local_cluster import LocalCluster, pids_under
 
     cluster = LocalCluster(workers=2, head_cpus=0, cpus=2)
     try:
         yield cluster.start()
     finally:
         cluster.stop()
+    left = pids_under(cluster.root)
+    assert not left, f"processes of the test cluster in {cluster.root} outlived its stop: {sorted(left)}"
 
 
 @pytest.fixture(scope="session")

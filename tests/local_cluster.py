@@ -3,10 +3,11 @@
 Each node gets its own temp dir (docs/notes/ray.md: a shared one lets one node's runtime-env cleanup delete the
 other's job folder). Every process is found through its temp dir on its command line (plus descendants) and
 ended by pid: ``ray stop`` would end every Ray on the machine, including ones this test did not start.
-Auth is disabled through the environment, so nothing is written to ``~/.ray``; the dashboard and job server
-listen on 127.0.0.1. Every node's dashboard agent gets a free port: Ray's default (52365) is taken by whichever
-cluster on the machine started first, and a head without its agent refuses every ``ray job submit`` ("No
-available agent to submit job").
+``ray start`` runs in the cluster's folder, so every process it starts does too: ``pids_under`` finds those that
+name no temp dir (the head's client server). Auth is disabled through the environment, so nothing is written to
+``~/.ray``; the dashboard and job server listen on 127.0.0.1. Every node's dashboard agent gets a free port, and
+the head's client server too: Ray's defaults (52365, 10001) are taken by whichever cluster on the machine started
+first, and a head without its agent refuses every ``ray job submit`` ("No available agent to submit job").
 """
 
 from __future__ import annotations
@@ -118,14 +119,15 @@ class LocalCluster:
         # Every Ray process of this cluster inherits RAY_ADDRESS: with another Ray on the machine, Ray's state API
         # (used inside Train) otherwise finds several clusters and refuses to pick one.
         env = {**self.env, "RAY_ADDRESS": self.gcs_address}
-        subprocess.run([str(BIN / "ray"), *args], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([str(BIN / "ray"), *args], env=env, cwd=self.root, check=True, capture_output=True, timeout=120)
 
     def start(self) -> LocalCluster:
         head = self.root / "head"
         self.node_dirs.append(head)
         self._ray("start", "--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
                   "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
-                  f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={head}", "--disable-usage-stats")
+                  f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+                  f"--temp-dir={head}", "--disable-usage-stats")
         for i in range(self.workers):
             self.add_node(f"node{i}")
         return self
@@ -141,9 +143,12 @@ class LocalCluster:
         return pids_of(str(self.root / label))
 
     def stop(self) -> None:
-        """End every process this cluster started (by pid), workers first, then the head."""
+        """End every process this cluster started (by pid), workers first, then the head, then any left in its
+        folder (``pids_under``): the head's client server names no temp dir and, once orphaned, descends from no
+        node, but runs in the folder ``ray start`` ran in."""
         for directory in reversed(self.node_dirs):
             kill_pids(pids_of(str(directory)))
+        kill_pids(pids_under(self.root))
 
 
 def raylet_hosting(marker: str, root: Path) -> tuple[str, int] | None:
