@@ -17,6 +17,7 @@ from orchestrator.data import load_dataset
 from orchestrator.data.known_answer import CONTEXT_MAJORITY, TASKS
 from orchestrator.data.synthetic_dataset import generate
 from orchestrator.train.known_answer_check import Budget, check_task, verdict
+from search_space import Genotype
 from search_space.sampling import sample_cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +64,30 @@ def test_verdict(task, path, right):
     assert verdict(task, path) is right
 
 
+@pytest.mark.parametrize(("table", "holds"), [
+    ({"stride4": [0.5, 0.6], "stride8": [0.9, 0.1], "stride16": [0.7, 0.7], "stride32": [0.6, 0.65]}, True),
+    ({"stride4": [0.5, 0.7], "stride8": [0.0, 0.0], "stride16": [0.9, 0.66], "stride32": [0.8, 0.68]}, False),
+])
+def test_the_check_compares_paths_cell_by_cell_and_holds_only_if_every_cell_agrees(monkeypatch, table, holds):
+    """Context: right = stride 16 and 32, wrong = stride 4. The second table wins on average (mean margin +0.07)
+    but loses with the second cell (0.66 < 0.7): not a known answer."""
+    import orchestrator.train.known_answer_check as check
+    paths = {path: name for name, path in check.PATHS.items()}
+    cells = [sample_cell(3, random.Random(i)) for i in range(2)]
+    monkeypatch.setattr(check, "train_and_score", lambda task, g, budget, seed=0: table[paths[g.path]][
+        next(i for i, c in enumerate(cells) if Genotype(cell=c, path=g.path) == g)])
+    result = check.check_task("context", cells, Budget())
+    worst = [min(table["stride16"][i], table["stride32"][i]) - table["stride4"][i] for i in range(2)]
+    assert result["cell_margins"] == pytest.approx(worst) and result["holds"] is holds
+    assert result["margin"] == pytest.approx(sum(worst) / 2)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("task", "epochs"), [("detail", 40), ("context", 20)])
-def test_the_right_side_retrains_better_than_the_wrong_side(task, epochs):
-    """One cell, each path of the check, the supernet's search head: the task's known answer holds."""
-    result = check_task(task, [sample_cell(3, random.Random(1000))], Budget(epochs=epochs, test_images=64))
+def test_the_detail_tasks_right_side_retrains_better_than_its_wrong_side():
+    """One cell, each path of the check, the supernet's search head: the detail task's known answer holds (the
+    study's check holds with each of 6 cells, docs/validation.md). The context task's does not hold with every
+    cell (the study's check: stride 8 is best there), so no single cell is asserted for it."""
+    result = check_task("detail", [sample_cell(3, random.Random(1000))], Budget(epochs=40, test_images=64))
     assert result["holds"], result["means"]
 
 

@@ -9,11 +9,12 @@
   family and the rest from the other, on the same neutral grey everywhere. A quadrant's class is its majority
   family. A window of a few pixels holds a speckle or two of either family and cannot tell; only an average over
   most of the quadrant can. The labels are the quadrants, which a stride-32 map of a 64 px image (2x2) outlines
-  exactly and a stride-16 map (4x4) well: paths that descend are the right answer, a path that stays at stride
-  4 the wrong one.
+  exactly and a stride-16 map (4x4) well. It was built for paths that descend to stride 16-32; measured, it
+  does not reward them: single-path networks score best at stride 8, with every cell tried, and stride 16-32 do
+  not beat stride 4 with every cell (docs/validation.md). Its known answer is therefore not "deep".
 
-Whether a path is right is measured, not assumed: `experiments/studies/known_answer.py` retrains a shallow and a
-deep network on each task and reports their mIoU (docs/validation.md). Each sample is a function of (seed,
+Whether a path is right is measured, not assumed: `experiments/studies/known_answer.py` retrains a network per
+path on each task, cell by cell, and reports their mIoU (docs/validation.md). Each sample is a function of (seed,
 split, index) only, as in the default task, on a random stream of its own per task.
 """
 

@@ -4,8 +4,8 @@ For each task variant (`orchestrator.data.known_answer`) and each of a few cells
 path in `PATHS` with the supernet's own search head (`DiscreteNet(head="search")`: the single-path network the
 supernet's mixture is made of, without the retrain network's decoder, which restores detail for any path) is
 trained the same way from the same seed and scored on the report split. The task's answer holds when the paths on
-its right side beat those on the wrong side. No Ray: one process, plain loops (used by
-`experiments/studies/known_answer.py` and its test).
+its right side beat those on the wrong side with every cell, each cell's paths compared with each other. No Ray:
+one process, plain loops (used by `experiments/studies/known_answer.py` and its test).
 """
 
 from __future__ import annotations
@@ -79,12 +79,16 @@ def train_and_score(task: str, genotype: Genotype, budget: Budget, seed: int = 0
 
 
 def check_task(task: str, cells: list, budget: Budget, seed: int = 0) -> dict:
-    """Every path of `PATHS` with every cell: the scores, the mean per path, and whether every path on the right
-    side beats every path on the wrong side on average (``holds``), with the margin between the sides."""
+    """Every path of `PATHS` with every cell: the scores, the mean per path, and the margin between the sides.
+
+    A cell's margin is its worst right-side path's score minus its best wrong-side path's score (same cell, same
+    seed: paired); ``margin`` is their mean. The answer ``holds`` when the right side wins with every cell, not
+    only on average: paths that differ by less than the spread between cells are not a known answer (the study
+    adds a bootstrap interval of the margin over cells)."""
     scores = {name: [train_and_score(task, Genotype(cell=cell, path=path), budget, seed) for cell in cells]
               for name, path in PATHS.items()}
     means = {name: statistics.fmean(v) for name, v in scores.items()}
-    right = [means[n] for n in RIGHT[task]]
-    wrong = [means[n] for n in WRONG[task]]
+    per_cell = [min(scores[n][i] for n in RIGHT[task]) - max(scores[n][i] for n in WRONG[task])
+                for i in range(len(cells))]
     return {"task": task, "scores": scores, "means": means, "right": list(RIGHT[task]), "wrong": list(WRONG[task]),
-            "margin": min(right) - max(wrong), "holds": min(right) > max(wrong)}
+            "cell_margins": per_cell, "margin": statistics.fmean(per_cell), "holds": min(per_cell) > 0}
