@@ -69,9 +69,10 @@ def retrain_check(args: argparse.Namespace) -> dict[str, Any]:
         out[task] = check = check_task(task, cells, budget)
         check["ci95"] = list(bootstrap_interval(check["cell_margins"]))
         means = ", ".join(f"{k} {v:.3f}" for k, v in check["means"].items())
-        print(f"check {task}: {means}; right side {check['right']} by {check['margin']:+.3f} (95% interval over "
-              f"{len(cells)} cells {check['ci95'][0]:+.3f} to {check['ci95'][1]:+.3f}); holds={check['holds']}",
-              flush=True)
+        low, high = check["ci95"]
+        spread = f"95% interval over {len(cells)} cells {low:+.3f} to {high:+.3f}" if len(cells) > 1 else "1 cell"
+        print(f"check {task}: {means}; right side {check['right']} by {check['margin']:+.3f} ({spread}); "
+              f"holds={check['holds']}", flush=True)
     return out
 
 
