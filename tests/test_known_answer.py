@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli_captured
 
 from orchestrator.data import load_dataset
 from orchestrator.data.known_answer import CONTEXT_MAJORITY, TASKS
@@ -80,6 +81,12 @@ def test_the_check_compares_paths_cell_by_cell_and_holds_only_if_every_cell_agre
     worst = [min(table["stride16"][i], table["stride32"][i]) - table["stride4"][i] for i in range(2)]
     assert result["cell_margins"] == pytest.approx(worst) and result["holds"] is holds
     assert result["margin"] == pytest.approx(sum(worst) / 2)
+
+
+@pytest.mark.parametrize("side", ["100", "16", "0", "big"])
+def test_a_check_size_that_is_not_a_multiple_of_32_is_refused_with_its_value(capsys, side):
+    result = run_cli_captured("studies/known_answer", ["--check-only", "--check-size", side, "--out", "/tmp/x"], capsys)
+    assert result.code == 2 and f"'{side}': expected a multiple of 32 pixels" in result.err
 
 
 @pytest.mark.slow

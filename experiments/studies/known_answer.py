@@ -38,6 +38,13 @@ def task_list(text: str) -> list[str]:
     return tasks
 
 
+def image_side(text: str) -> int:
+    side = int(text) if text.strip().isdigit() else 0
+    if side < 32 or side % 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a multiple of 32 pixels (the trellis reaches stride 32)")
+    return side
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="experiments/configs/learning.yaml",
@@ -46,11 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=1536, help="architecture steps per search (default: %(default)s)")
     parser.add_argument("--seeds", type=int_list, default="0,1,2", help="search seeds (default: %(default)s)")
     parser.add_argument("--tasks", type=task_list, default=",".join(TASKS),
-                        help="the tasks to search, in this order (default: %(default)s)")
+                        help="the tasks to check and search, in this order (default: %(default)s)")
     parser.add_argument("--cells", type=int, default=6, help="random cells in the retrain check; each path is "
                         "compared with the others cell by cell (default: %(default)s)")
     parser.add_argument("--check-epochs", type=int, default=40, help="epochs per network in the retrain check "
                         "(64 fresh images each; default: %(default)s)")
+    parser.add_argument("--check-size", type=image_side, default=64, help="image side in the retrain check, pixels "
+                        "(the searches use the config's crop; default: %(default)s)")
     parser.add_argument("--check-only", action="store_true", help="only the retrain check, no searches")
     parser.add_argument("--out", required=True, help="folder of the searches and known_answer.json")
     address_argument(parser)
@@ -63,9 +72,9 @@ def retrain_check(args: argparse.Namespace) -> dict[str, Any]:
     from search_space.sampling import sample_cell
 
     cells = [sample_cell(3, random.Random(1000 + i)) for i in range(args.cells)]
-    budget = Budget(epochs=args.check_epochs)
+    budget = Budget(epochs=args.check_epochs, image_size=args.check_size)
     out = {}
-    for task in TASKS:
+    for task in args.tasks:
         out[task] = check = check_task(task, cells, budget)
         check["ci95"] = list(bootstrap_interval(check["cell_margins"]))
         means = ", ".join(f"{k} {v:.3f}" for k, v in check["means"].items())
