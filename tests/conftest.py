@@ -87,14 +87,14 @@ def ray_cluster():
     GCS, dashboard and job drivers, as on a real cluster) and two worker nodes of 2 logical CPUs each, so a
     test can lose a worker node without losing the cluster. One Ray instance per session: with two on one
     machine, Ray's state API (used by Train's placement-group cleaner) refuses to pick one."""
-    from local_cluster import LocalCluster, pids_under
+    from local_cluster import LocalCluster
 
     cluster = LocalCluster(workers=2, head_cpus=0, cpus=2)
     try:
         yield cluster.start()
     finally:
         cluster.stop()
-    left = pids_under(cluster.root)
+    left = cluster.pids()
     assert not left, f"processes of the test cluster in {cluster.root} outlived its stop: {sorted(left)}"
 
 

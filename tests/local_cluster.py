@@ -3,8 +3,8 @@
 Each node gets its own temp dir (docs/notes/ray.md: a shared one lets one node's runtime-env cleanup delete the
 other's job folder). Every process is found through its temp dir on its command line (plus descendants) and
 ended by pid: ``ray stop`` would end every Ray on the machine, including ones this test did not start.
-``ray start`` runs in the cluster's folder, so every process it starts does too: ``pids_under`` finds those that
-name no temp dir (the head's client server). Auth is disabled through the environment, so nothing is written to
+The head's client server names no temp dir and, once orphaned, descends from no node: it is found by the GCS
+address on its command line (``pids_of_gcs``). Auth is disabled through the environment, so nothing is written to
 ``~/.ray``; the dashboard and job server listen on 127.0.0.1. Every node's dashboard agent gets a free port, and
 the head's client server too: Ray's defaults (52365, 10001) are taken by whichever cluster on the machine started
 first, and a head without its agent refuses every ``ray job submit`` ("No available agent to submit job").
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +80,14 @@ def pids_under(root: Path) -> set[int]:
                               (str(root) in cmd or _cwd(pid).startswith(str(root)))}, procs)
 
 
+def pids_of_gcs(port: int) -> set[int]:
+    """Processes started with ``--address=<host>:<port>`` (a cluster's GCS port), and all their descendants."""
+    pattern = re.compile(rf"--address=\S+:{port}(\s|$)")
+    procs = _processes()
+    return _with_descendants({pid for pid, (_, cmd) in procs.items() if pattern.search(cmd) and pid != os.getpid()},
+                             procs)
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie that nobody reaped yet counts as gone)."""
     try:
@@ -119,7 +128,7 @@ class LocalCluster:
         # Every Ray process of this cluster inherits RAY_ADDRESS: with another Ray on the machine, Ray's state API
         # (used inside Train) otherwise finds several clusters and refuses to pick one.
         env = {**self.env, "RAY_ADDRESS": self.gcs_address}
-        subprocess.run([str(BIN / "ray"), *args], env=env, cwd=self.root, check=True, capture_output=True, timeout=120)
+        subprocess.run([str(BIN / "ray"), *args], env=env, check=True, capture_output=True, timeout=120)
 
     def start(self) -> LocalCluster:
         head = self.root / "head"
@@ -142,13 +151,16 @@ class LocalCluster:
     def node_pids(self, label: str) -> set[int]:
         return pids_of(str(self.root / label))
 
+    def pids(self) -> set[int]:
+        """Every process of this cluster still running: its folder on the command line or as working folder, or
+        its GCS port in an ``--address=`` argument (the head's client server), and their descendants."""
+        return pids_under(self.root) | pids_of_gcs(self.port)
+
     def stop(self) -> None:
-        """End every process this cluster started (by pid), workers first, then the head, then any left in its
-        folder (``pids_under``): the head's client server names no temp dir and, once orphaned, descends from no
-        node, but runs in the folder ``ray start`` ran in."""
+        """End every process this cluster started (by pid): workers first, then the head, then any left."""
         for directory in reversed(self.node_dirs):
             kill_pids(pids_of(str(directory)))
-        kill_pids(pids_under(self.root))
+        kill_pids(self.pids())
 
 
 def raylet_hosting(marker: str, root: Path) -> tuple[str, int] | None:

@@ -28,7 +28,7 @@ import torch
 import yaml
 from conftest import FOUR_EPOCHS
 from helpers import ROOT, constant_predictor_miou, epochs_of, figure, load_cli
-from local_cluster import _processes, alive, cluster_env, pids_under, raylet_hosting
+from local_cluster import _processes, alive, cluster_env, pids_of_gcs, raylet_hosting
 
 from orchestrator.config import config_from_dict, config_to_dict, load_config, save_config, with_overrides
 from orchestrator.io import atomic
@@ -355,14 +355,14 @@ def test_the_dashboard_and_job_api_listen_on_loopback_only(ray_cluster):
 
 
 @pytest.mark.cluster
-def test_the_test_clusters_client_server_runs_in_its_folder_on_a_port_of_its_own(ray_cluster):
+def test_the_test_clusters_client_server_is_found_by_its_gcs_port_and_has_a_port_of_its_own(ray_cluster):
     """The head's Ray client server names no temp dir and, once orphaned, descends from no node: the cluster's
-    stop finds it only through the folder it runs in (``pids_under``). On Ray's default port (10001) a second
-    cluster on the machine would fight over it."""
+    stop finds it only by the GCS address on its command line. On Ray's default port (10001) a second cluster on
+    the machine would fight over it."""
     procs = _processes()
-    servers = {pid for pid in pids_under(ray_cluster.root) if "ray.util.client.server" in procs.get(pid, (0, ""))[1]}
+    servers = {pid for pid in ray_cluster.pids() if "ray.util.client.server" in procs.get(pid, (0, ""))[1]}
     assert len(servers) == 1, servers
-    assert "--port=10001" not in procs[servers.pop()][1]
+    assert servers <= pids_of_gcs(ray_cluster.port) and "--port=10001" not in procs[servers.pop()][1]
 
 
 # ---------------------------------------------------------------------------------------------- with Ray
