@@ -29,7 +29,9 @@ from orchestrator.sweep.arms import (
     previous_scores,
     random_draws,
     random_search_size,
+    single_trial_size,
     supernet_ranking,
+    sweep_points,
 )
 from orchestrator.sweep.retrain_trials import run_name, trial_config
 from search_space import PARAMETER_FREE, Genotype, decode_path
@@ -110,6 +112,36 @@ def test_evaluation_seeds_that_a_search_or_its_short_retrains_used_are_refused()
 ])
 def test_random_search_gets_as_many_candidates_as_the_pipelines_time_buys(choice, expected):
     assert random_search_size(smoke_cfg(), choice) == expected
+    ranked = {**choice, "search_seconds": choice["search_seconds"] / 2, "ranking_seconds": choice["search_seconds"] / 2}
+    assert random_search_size(smoke_cfg(), ranked) == expected  # the sweep's ranking of its trials counts too
+
+
+@pytest.mark.parametrize(("choice", "single_seconds", "expected"), [
+    ({"candidates": 16, "search_seconds": 400.0, "ranking_seconds": 80.0, "selection_seconds": 160.0}, 80.0, 56),
+    ({"candidates": 16, "search_seconds": 400.0, "selection_seconds": 160.0}, 400.0, 16),
+    ({"candidates": 16, "search_seconds": 100.0, "selection_seconds": 160.0}, 300.0, 16),  # never fewer
+    ({"candidates": 1, "search_seconds": 400.0, "selection_seconds": 0.0}, 50.0, 1),  # no filter measured
+])
+def test_the_single_trial_spends_the_sweeps_extra_time_on_more_candidates(choice, single_seconds, expected):
+    assert single_trial_size(smoke_cfg(), choice, single_seconds) == expected
+
+
+@pytest.mark.parametrize(("tune", "points"), [
+    ({}, 1),
+    ({"num_samples": 3}, 3),
+    ({"param_space": {"search.arch_lr": {"grid": [0.003]}}}, 1),
+    ({"param_space": {"search.arch_lr": {"grid": [0.003, 0.01]}, "search.warmup_epochs": {"grid": [4, 8]}}}, 4),
+    ({"param_space": {"search.arch_lr": {"loguniform": [0.001, 0.01]}}}, 2),
+])
+def test_sweep_points_counts_the_trials_a_sweep_starts(tune, points):
+    assert sweep_points(smoke_cfg(tune=tune)) == points
+
+
+def test_the_single_arm_is_refused_for_a_config_that_sweeps_nothing():
+    grid = {"param_space": {"search.arch_lr": {"grid": [0.003, 0.01]}}}
+    check_plan(smoke_cfg(tune=grid), Plan((0,), (100,), arms=("pipeline", "single")))
+    with pytest.raises(ArmsError, match=r"--arms single: the config's sweep has one trial \(tune.param_space \{\}"):
+        check_plan(smoke_cfg(), Plan((0,), (100,), arms=("pipeline", "single")))
 
 
 def test_the_evaluation_retrains_differ_from_the_config_in_the_retrain_section_only():
@@ -198,7 +230,7 @@ def test_summary_scores_each_arm_by_the_mean_over_evaluation_seeds_and_draws():
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_the_five_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path):
+def test_the_six_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path):
     """validate.py --config on the smoke chain: every arm chooses at two search seeds, every choice is retrained
     at two evaluation seeds on the test split, and arms.json holds the comparison."""
     from local_cluster import cluster_env
@@ -206,6 +238,7 @@ def test_the_five_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
     out = tmp_path / "arms"
     cmd = [sys.executable, "experiments/validate.py", "--config", "experiments/configs/smoke.yaml",
            "--search-seeds", "0,1", "--draws", "1", "--out", str(out), "--eval-override", "retrain.epochs=10",
+           "--arms", "pipeline,decoded,frozen,random-search,random,single",
            "selection.top_k=2",
            "selection.candidates=sampled", "runtime.progress_seconds=0"]
     proc = subprocess.run(cmd, env={**cluster_env(), "RAY_ADDRESS": ray_cluster.gcs_address}, capture_output=True,
@@ -213,7 +246,7 @@ def test_the_five_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
     stdout = proc.stdout
     assert proc.returncode == 0, stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "arms.json").read_text())
-    assert set(result["arms"]) == {"pipeline", "decoded", "frozen", "random-search", "random"}
+    assert set(result["arms"]) == {"pipeline", "decoded", "frozen", "random-search", "random", "single"}
     assert result["eval_seeds"] == [100, 101] and result["search_seeds"] == [0, 1]
     floor = constant_predictor_miou(result["config"], "report")
     assert all(len(r["test_miou"]) == 2 and all(floor < v <= 1 for v in r["test_miou"])
@@ -223,6 +256,12 @@ def test_the_five_arms_run_end_to_end_on_the_smoke_config(ray_cluster, tmp_path)
         choice = json.loads((out / "searches" / f"pipeline-seed{seed}" / "final" / "choice.json").read_text())
         assert choice["candidates"] == 2 and choice["selection_seconds"] > 0
         assert result["stages"][str(seed)]["random-search"]["candidates"] >= 2
+        # The single arm: one trial at the config's own arch lr (the smoke sweep has two), its filter at least as
+        # wide as the pipeline's.
+        single = out / "searches" / f"single-seed{seed}"
+        facts = json.loads((single / "final" / "single_search.json").read_text())
+        assert facts["config"] == {} and len(list(single.glob("trial-*"))) == 1
+        assert result["stages"][str(seed)]["single"]["candidates"] >= 2
     assert len(result["supernet_ranking"]) == 2 and "pipeline - random-search" in stdout
     assert (out / "arms.png").read_bytes()[:4] == b"\x89PNG" and (out / "yardstick.png").read_bytes()[:4] == b"\x89PNG"
     runs = sorted((out / "runs" / "runs").glob("retrain-*"))

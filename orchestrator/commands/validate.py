@@ -8,6 +8,8 @@ Two modes:
     adl validate --config experiments/configs/default.yaml --out results/arms
     adl validate --config experiments/configs/smoke.yaml --search-seeds 0,1 --out /tmp/arms
     adl validate --config experiments/configs/smoke.yaml --print-config      # the arms' config, and why
+    # Does the sweep pay? Its pick against one trial at the config's values given the same compute (single)
+    adl validate --config experiments/configs/learning.yaml --arms pipeline,single --out results/sweep-arms
 
     # Finished experiments against K random genotypes (orchestrator/sweep/validation.py)
     adl validate --experiment results/default-<hash>                 # K=8, 2 seeds
@@ -56,8 +58,9 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
                         "yardstick; default: none, the config's retrain)")
     parser.add_argument("--draws", type=int, default=2, help="arm mode: random draws per search seed (default 2)")
     parser.add_argument("--arms", default="pipeline,decoded,frozen,random-search,random",
-                        help="arm mode: which arms (default: all five, pipeline,decoded,frozen,random-search,random;"
-                        " frozen: the search's alpha/beta never updated, decoded)")
+                        help="arm mode: which arms (default: pipeline,decoded,frozen,random-search,random; frozen: "
+                        "the search's alpha/beta never updated, decoded; single, for a config that sweeps: one "
+                        "trial at the config's values, the sweep's extra time spent on its filter)")
     parser.add_argument("--random", type=int, default=8, help="experiment mode: random architectures (default 8)")
     parser.add_argument("--seeds", type=int, default=2, help="experiment mode: seeds per searched genotype (default 2)")
     parser.add_argument("--random-seeds", type=int, default=1, help="experiment mode: seeds per random one (default 1)")

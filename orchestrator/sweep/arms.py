@@ -12,7 +12,13 @@ For each search seed s (the config's ``runtime.seed`` set to s):
 - ``random-search``: K genotypes drawn uniformly from the space through the same filter (the selection
   section's short retrains at the same seeds, the same metric on the selection split). K makes its compute equal
   to the pipeline's: the pipeline's short retrains plus as many more as its search's time buys at their measured
-  cost, ``K = top_k + round(search seconds / (selection seconds / top_k))`` (at least top_k).
+  cost, ``K = top_k + round(search seconds / (selection seconds / top_k))`` (at least top_k; search seconds
+  include the sweep's ranking of its trials, ``tune.rank_by: architecture``).
+- ``single`` (not in the default arms; for a config whose ``tune.param_space`` sweeps): one search at the
+  config's own values of the swept keys (``tune.param_space: {}``), whose selection step gets the rest of the
+  sweep's compute as more sampled candidates, ``K = top_k + round((pipeline search seconds - single search
+  seconds) / (selection seconds / top_k))``. ``pipeline`` - ``single``: does the sweep pay against spending
+  its compute on the filter of one search?
 - ``random``: ``draws`` single uniform draws, unfiltered (the paper-style baseline); the arm's score at a seed is
   the mean of its draws'.
 
@@ -22,9 +28,10 @@ report split (``test_miou``), which no search, sweep or selection read. `orchest
 scores into per-arm means, paired differences with bootstrap intervals over search seeds, and the yardstick's
 seed-to-seed agreement.
 
-Everything lives under ``out``: ``searches/`` (the pipeline's experiments), ``random-search/seed<s>/`` (its short
-retrains), ``runs`` (the evaluation retrains, shareable across studies) and ``arms.json``. Every stage is named
-by seed, so running the same command again reuses what finished. Tune driver side: no model code.
+Everything lives under ``out``: ``searches/`` (the pipeline's and the single trial's experiments),
+``random-search/seed<s>/`` (its short retrains), ``runs`` (the evaluation retrains, shareable across studies)
+and ``arms.json``. Every stage is named by seed, so running the same command again reuses what finished. Tune
+driver side: no model code.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from orchestrator.sweep.retrain_trials import run_trials
 from search_space import Genotype
 from search_space.sampling import sample_genotypes
 
-ARMS = ("pipeline", "decoded", "frozen", "random-search", "random")
+ARMS = ("pipeline", "decoded", "frozen", "random-search", "random", "single")
+DEFAULT_ARMS = ARMS[:5]
 ARMS_FILE = "arms.json"
 RANDOM_SEARCH_STREAM, RANDOM_STREAM, FROZEN_STREAM = 1_000_000, 2_000_000, 3_000_000
 """Sample seeds of the random arms and of ``frozen``'s initialisation at search seed s: stream + s (no arm
@@ -60,7 +68,7 @@ class Plan:
     search_seeds: tuple[int, ...]
     eval_seeds: tuple[int, ...]
     draws: int = 2
-    arms: tuple[str, ...] = ARMS
+    arms: tuple[str, ...] = DEFAULT_ARMS
 
 
 def used_seeds(cfg: ExperimentConfig, search_seed: int) -> set[int]:
@@ -76,12 +84,27 @@ def check_plan(cfg: ExperimentConfig, plan: Plan) -> None:
         raise ArmsError(f"--arms {','.join(unknown)}: expected some of {', '.join(ARMS)}")
     if not plan.search_seeds or not plan.eval_seeds or plan.draws < 1:
         raise ArmsError("expected at least one search seed, one evaluation seed and one random draw per seed")
+    if "single" in plan.arms and sweep_points(cfg) < 2:
+        raise ArmsError("--arms single: the config's sweep has one trial (tune.param_space "
+                        f"{cfg.tune.param_space or '{}'}, tune.num_samples {cfg.tune.num_samples}), so the single "
+                        "arm would repeat the pipeline; it needs a config whose tune.param_space sweeps, e.g. "
+                        "experiments/configs/learning.yaml")
     choosing = set().union(*(used_seeds(cfg, s) for s in plan.search_seeds))
     shared = sorted(choosing & set(plan.eval_seeds))
     if shared:
         raise ArmsError(f"evaluation seeds {shared} are also used to choose (search seeds {list(plan.search_seeds)}"
                         f" with selection.seeds={cfg.selection.seeds}): pick evaluation seeds outside "
                         f"{sorted(choosing)}, e.g. 100 and up")
+
+
+def sweep_points(cfg: ExperimentConfig) -> int:
+    """How many trials the config's sweep starts: grid values crossed, times ``tune.num_samples``; a key drawn
+    from a distribution counts as many points."""
+    points = cfg.tune.num_samples
+    for spec in cfg.tune.param_space.values():
+        kind, values = next(iter(spec.items()))
+        points *= len(values) if kind == "grid" else 2
+    return points
 
 
 def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
@@ -106,6 +129,46 @@ def run_pipeline(cfg: ExperimentConfig, seed: int, out: str) -> dict[str, Any]:
     return result["choice"]
 
 
+def search_seconds(choice: dict[str, Any]) -> float:
+    """What a chain spent before its selection step: the sweep and the ranking of its trials."""
+    return float(choice.get("search_seconds") or 0.0) + float(choice.get("ranking_seconds") or 0.0)
+
+
+def run_single(cfg: ExperimentConfig, seed: int, pipeline: dict[str, Any], out: str) -> dict[str, Any]:
+    """The ``single`` arm at ``seed``: one search at the config's own values (``tune.param_space: {}``), then its
+    selection step with `single_trial_size` candidates; ``final/choice.json`` (reused when it exists). The
+    search's facts are kept in ``final/single_search.json`` so that a rerun sizes the filter by the time the
+    search took, not by the seconds its restore takes."""
+    import ray
+
+    from orchestrator.sweep.chain import run_experiment
+    from orchestrator.sweep.final import FinalActor
+    from orchestrator.sweep.selection import CHOICE_FILE, choose_architecture
+
+    name = f"single-seed{seed}"
+    exp_dir = storage.join(out, "searches", name)
+    choice_path, facts_path = (storage.join(exp_dir, "final", f) for f in (CHOICE_FILE, "single_search.json"))
+    if storage.is_file(choice_path):
+        print(f"arms: seed {seed}: the single trial's choice is there already ({choice_path})", flush=True)
+        return storage.read_json(choice_path)
+    single = with_overrides(seed_config(cfg, seed), {"tune.param_space": {}, "tune.num_samples": 1},
+                          "the single arm (one trial)")
+    if storage.is_file(facts_path):
+        facts = storage.read_json(facts_path)
+    else:
+        print(f"arms: seed {seed}: the single trial (one search at the config's values)", flush=True)
+        facts = run_experiment(single, storage.join(out, "searches"), name, resume=storage.is_dir(exp_dir),
+                               retrain=False)["search"]
+        write_json(facts_path, facts)
+    k = single_trial_size(cfg, pipeline, search_seconds(facts))
+    chosen = with_overrides(single, {**facts["config"], "selection.top_k": k}, "the single arm's filter")
+    actor = FinalActor.remote()
+    try:
+        return choose_architecture(actor, chosen, exp_dir, facts)
+    finally:
+        ray.kill(actor)
+
+
 def random_search_size(cfg: ExperimentConfig, choice: dict[str, Any]) -> int:
     """K of the random-search arm: the pipeline's candidates plus as many more as its search time buys at the
     measured cost of one of its short retrains (see the module docstring)."""
@@ -113,7 +176,18 @@ def random_search_size(cfg: ExperimentConfig, choice: dict[str, Any]) -> int:
     if top_k < 2 or not choice.get("selection_seconds"):
         return max(top_k, 1) + 1  # no filter measured (top_k 1): one draw more than the pipeline retrains
     per_candidate = float(choice["selection_seconds"]) / top_k
-    return top_k + max(0, round(float(choice["search_seconds"]) / per_candidate))
+    return top_k + max(0, round(search_seconds(choice) / per_candidate))
+
+
+def single_trial_size(cfg: ExperimentConfig, choice: dict[str, Any], single_seconds: float) -> int:
+    """K of the single arm's filter: the pipeline's candidates plus as many more as the sweep's extra time (the
+    pipeline's search seconds less the single search's) buys at the cost of one of the pipeline's short retrains;
+    the pipeline's candidate count when it measured no filter (top_k 1)."""
+    top_k = max(int(choice.get("candidates") or cfg.selection.top_k), 1)
+    if top_k < 2 or not choice.get("selection_seconds"):
+        return top_k
+    per_candidate = float(choice["selection_seconds"]) / top_k
+    return top_k + max(0, round((search_seconds(choice) - single_seconds) / per_candidate))
 
 
 def run_random_search(cfg: ExperimentConfig, seed: int, k: int, out: str) -> dict[str, Any]:
@@ -148,24 +222,32 @@ def frozen_genotype(cfg: ExperimentConfig, seed: int) -> dict[str, Any]:
     return Genotype(cell=decoded_cell(alpha, s.max_param_free), path=path).to_dict()
 
 
+def choose_searched(cfg: ExperimentConfig, plan: Plan, seed: int, out: str) -> dict[str, Any]:
+    """The arms that need the pipeline's search at ``seed``: their architectures and stage timings."""
+    start = time.time()
+    choice = run_pipeline(cfg, seed, out)
+    row: dict[str, Any] = {"arms": {"pipeline": [choice["selected"]], "decoded": [choice["decoded"]]}}
+    row["pipeline"] = {k: choice.get(k) for k in ("search_seconds", "ranking_seconds", "selection_seconds",
+                                                  "candidates", "best_trial", "checkpoint")}
+    row["pipeline"]["wall_seconds"] = round(time.time() - start, 1)
+    if "random-search" in plan.arms:
+        k = random_search_size(cfg, choice)
+        searched = run_random_search(cfg, seed, k, out)
+        row["random-search"] = {"candidates": k, "seconds": searched["seconds"]}
+        row["arms"]["random-search"] = [searched["selected"]]
+    if "single" in plan.arms:
+        single = run_single(cfg, seed, choice, out)
+        row["single"] = {k: single.get(k) for k in ("search_seconds", "selection_seconds", "candidates")}
+        row["arms"]["single"] = [single["selected"]]
+    return row
+
+
 def choose_all(cfg: ExperimentConfig, plan: Plan, out: str) -> dict[int, dict[str, Any]]:
     """Per search seed: each arm's architectures (a list: one, or the random draws) and the stage timings."""
     chosen: dict[int, dict[str, Any]] = {}
     for seed in plan.search_seeds:
-        row: dict[str, Any] = {"arms": {}}
-        if {"pipeline", "decoded", "random-search"} & set(plan.arms):
-            start = time.time()
-            choice = run_pipeline(cfg, seed, out)
-            row["pipeline"] = {k: choice.get(k) for k in ("search_seconds", "selection_seconds", "candidates",
-                                                          "best_trial", "checkpoint")}
-            row["pipeline"]["wall_seconds"] = round(time.time() - start, 1)
-            row["arms"]["pipeline"] = [choice["selected"]]
-            row["arms"]["decoded"] = [choice["decoded"]]
-            if "random-search" in plan.arms:
-                k = random_search_size(cfg, choice)
-                searched = run_random_search(cfg, seed, k, out)
-                row["random-search"] = {"candidates": k, "seconds": searched["seconds"]}
-                row["arms"]["random-search"] = [searched["selected"]]
+        searched = {"pipeline", "decoded", "random-search", "single"} & set(plan.arms)
+        row: dict[str, Any] = choose_searched(cfg, plan, seed, out) if searched else {"arms": {}}
         if "frozen" in plan.arms:
             row["arms"]["frozen"] = [frozen_genotype(cfg, seed)]
         if "random" in plan.arms:

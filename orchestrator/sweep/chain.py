@@ -91,13 +91,16 @@ def run_experiment(cfg: ExperimentConfig, storage_path: str, name: str, resume: 
             f"there is no architecture to retrain. Trials: {'; '.join(errors) or 'none'}. Failed trials keep an "
             "error.txt in their trial-<id> folder; diverged ones need a smaller search.lr or search.arch_lr.")
     exp_dir = experiment_dir(absolute(storage_path), name)
+    start = time.time()
     best = _by_architecture(cfg, grid, exp_dir, best)
+    ranking_seconds = round(time.time() - start, 1)  # the trials' short retrains (tune.rank_by: architecture)
     facts = {
         "trial_id": best.metrics.get("trial_id"),
         "config": dict(best.config),
         "metric_value": best.metrics[cfg.tune.metric],
         "checkpoint_path": _checkpoint_of(best, exp_dir),
         "search_seconds": search_seconds,
+        "ranking_seconds": ranking_seconds,
     }
     print(f"\nbest trial {facts['trial_id']}: {cfg.tune.metric}={facts['metric_value']:.4f} {facts['config']}",
           flush=True)

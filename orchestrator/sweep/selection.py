@@ -105,7 +105,8 @@ def choose_architecture(actor: Any, cfg: ExperimentConfig, exp_dir: str, facts: 
         genotype, selection = short_retrain_selection(cfg, ranked[:cfg.selection.top_k],
                                                       storage.join(exp_dir, "final", "selection"))
     choice = {"decoded": ranked[0], "selected": genotype, "candidates": len(ranked[:cfg.selection.top_k]),
-              "search_seconds": facts["search_seconds"], "selection_seconds": round(time.time() - start, 1),
+              "search_seconds": facts["search_seconds"], "ranking_seconds": facts.get("ranking_seconds", 0.0),
+              "selection_seconds": round(time.time() - start, 1),
               "best_trial": facts["trial_id"], "checkpoint": facts["checkpoint_path"], "short_retrains": selection}
     write_json(storage.join(exp_dir, "final", CHOICE_FILE), choice)
     return choice
