@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli_captured
+from helpers import load_cli, run_cli_captured
 
 from orchestrator.data import load_dataset
 from orchestrator.data.known_answer import CONTEXT_MAJORITY, TASKS
@@ -87,6 +87,27 @@ def test_the_check_compares_paths_cell_by_cell_and_holds_only_if_every_cell_agre
 def test_a_check_size_that_is_not_a_multiple_of_32_is_refused_with_its_value(capsys, side):
     result = run_cli_captured("studies/known_answer", ["--check-only", "--check-size", side, "--out", "/tmp/x"], capsys)
     assert result.code == 2 and f"'{side}': expected a multiple of 32 pixels" in result.err
+
+
+def test_a_check_size_other_than_the_searches_crop_is_refused_unless_only_checking(capsys):
+    args = ["--config", "experiments/configs/learning.yaml", "--check-size", "128", "--out", "/tmp/x"]
+    result = run_cli_captured("studies/known_answer", args, capsys)
+    assert result.code == 2 and "--check-size 128 but the searches draw the task at data.crop_size 64" in result.err
+    assert "data.crop_size=128" in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(("argv", "size"), [
+    ([], 64),                                       # learning.yaml's crop
+    (["data.crop_size=128"], 128),
+    (["--check-only", "--check-size", "96"], 96),   # a check alone may use any size
+    (["--check-size", "128", "data.crop_size=128"], 128),
+])
+def test_the_check_size_follows_the_searches_crop(argv, size):
+    from orchestrator.config import load_config
+
+    study = load_cli("studies/known_answer")
+    args = study.parse_args(["--out", "/tmp/x", *argv])
+    assert study.check_size(args, load_config(args.config, args.overrides)) == size
 
 
 @pytest.mark.slow

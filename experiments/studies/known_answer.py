@@ -58,12 +58,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "compared with the others cell by cell (default: %(default)s)")
     parser.add_argument("--check-epochs", type=int, default=40, help="epochs per network in the retrain check "
                         "(64 fresh images each; default: %(default)s)")
-    parser.add_argument("--check-size", type=image_side, default=64, help="image side in the retrain check, pixels "
-                        "(the searches use the config's crop; default: %(default)s)")
+    parser.add_argument("--check-size", type=image_side, help="image side in the retrain check, pixels: the "
+                        "searches' data.crop_size (default: that crop; another size only with --check-only)")
     parser.add_argument("--check-only", action="store_true", help="only the retrain check, no searches")
     parser.add_argument("--out", required=True, help="folder of the searches and known_answer.json")
     address_argument(parser)
     return parser.parse_args(argv)
+
+
+def check_size(args: argparse.Namespace, cfg: Any) -> int:
+    """The check's image side: ``--check-size``, else the config's crop. The searches' tasks are drawn at
+    data.crop_size, so with searches the check must use that size or it would judge another task."""
+    from orchestrator.config import ConfigError
+
+    crop = cfg.data.crop_size
+    if args.check_size is None:
+        try:
+            return image_side(str(crop))
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"{args.config}: data.crop_size {err}; pass --check-size or data.crop_size") from None
+    if not args.check_only and args.check_size != crop:
+        raise ConfigError(f"--check-size {args.check_size} but the searches draw the task at data.crop_size {crop} "
+                          f"({args.config}): the check would judge another task than the one searched; pass "
+                          f"data.crop_size={args.check_size}, or --check-only")
+    return args.check_size
 
 
 def retrain_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,7 +90,7 @@ def retrain_check(args: argparse.Namespace) -> dict[str, Any]:
     from search_space.sampling import sample_cell
 
     cells = [sample_cell(3, random.Random(1000 + i)) for i in range(args.cells)]
-    budget = Budget(epochs=args.check_epochs, image_size=args.check_size)
+    budget = Budget(epochs=args.check_epochs, image_size=args.size)
     out = {}
     for task in args.tasks:
         out[task] = check = check_task(task, cells, budget)
@@ -107,13 +125,11 @@ def search_row(run: dict[str, Any]) -> dict[str, Any]:
             "arch_steps": run["arch_steps_done"], "seconds": run["seconds"], "genotype": run["genotype"]}
 
 
-def searches(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestrator.config import load_config
+def searches(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     from orchestrator.io import storage
     from orchestrator.sweep.budget import search_at_budget
     from orchestrator.train.known_answer_check import verdict
 
-    cfg = load_config(args.config, args.overrides)
     connect_ray(args.address)
     out = {}
     for task in args.tasks:
@@ -133,14 +149,18 @@ def searches(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with user_errors():
+        from orchestrator.config import load_config
         from orchestrator.io import storage
         from orchestrator.io.atomic import write_json
 
+        cfg = load_config(args.config, args.overrides)
+        args.size = check_size(args, cfg)
         path = storage.join(args.out, "known_answer.json")
-        result: dict[str, Any] = {"check": retrain_check(args)}
+        result: dict[str, Any] = {"check_size": args.size, "check": retrain_check(args)}
         write_json(path, result)
         if not args.check_only:
-            result.update(budget=args.budget, config=args.config, overrides=args.overrides, searches=searches(args))
+            result.update(budget=args.budget, config=args.config, overrides=args.overrides,
+                          searches=searches(args, cfg))
             write_json(path, result)
     for task, s in result.get("searches", {}).items():
         print(f"{task}: {s['right']}/{s['of']} seeds decoded the right side ({[r['path'] for r in s['runs']]})")
