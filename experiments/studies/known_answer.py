@@ -3,6 +3,8 @@
     python experiments/studies/known_answer.py --config experiments/configs/learning.yaml --budget 1536 \
         --seeds 0,1,2 --out results/known-answer
     python experiments/studies/known_answer.py --check-only --out results/known-answer   # the retrain check only
+    python experiments/studies/known_answer.py --budget 384 --tasks context --out results/ka128 \
+        data.crop_size=128 search.arch_lr=0.01 search_space.head_mix=reach   # the 128 px task, the departure
     python experiments/studies/known_answer.py --config experiments/configs/smoke.yaml --budget 2 --seeds 0 \
         --cells 1 --check-epochs 2 --out /tmp/ka                                          # a smoke run
 
@@ -12,8 +14,10 @@ built for paths that descend to stride 16-32). First the answer is checked, not 
 with the supernet's search head, one per path ending at stride 4, 8, 16 and 32, are trained the same way with a
 few random cells (`orchestrator.train.known_answer_check`) and compared cell by cell: the answer holds when the
 right side wins with every cell (the margin's bootstrap interval over cells is printed too; measured, ``detail``
-holds and ``context`` does not, docs/validation.md). Then the config's search runs on each task at the given
-number of architecture steps, per seed, and its decoded path is judged (shallow for detail, deep for context).
+holds at 64 and 128 px, ``context`` only at 128 px: docs/validation.md). The check runs at the searches' crop,
+``data.crop_size`` (``--check-size`` for another, with ``--check-only``). Then the config's search runs on each
+task at the given number of architecture steps, per seed, and its decoded path is judged (shallow for detail,
+deep for context).
 Near-uniform beta decodes shallow paths by Viterbi's prior alone, so a shallow verdict on detail says little.
 Writes known_answer.json to --out.
 """
