@@ -89,20 +89,12 @@ def read_chance(path: str, cfg, eval_seeds: list[int]) -> list[float]:
     seeds. Refused unless that study retrained with this config's retrain budget at the same evaluation seeds."""
     import json
 
-    from orchestrator.config.loading import config_from_dict
     from orchestrator.io import storage
-    from orchestrator.sweep.arms import ArmsError
+    from orchestrator.sweep.arms import check_scored_alike
     from orchestrator.sweep.retrain_trials import retrain_inputs
 
     arms = json.loads(storage.read_text(path))
-    if arms.get("eval_seeds") != list(eval_seeds):
-        raise ArmsError(f"--chance {path}: eval_seeds {arms.get('eval_seeds')}, expected {list(eval_seeds)} "
-                        "(this study's --eval-seeds)")
-    evaluated = dict(arms["config"], retrain=arms.get("evaluation_retrain", arms["config"]["retrain"]))
-    if retrain_inputs(config_from_dict(evaluated, path)) != retrain_inputs(cfg):
-        raise ArmsError(f"--chance {path}: its evaluation retrains (the retrain and data sections, with its "
-                        "--eval-override) differ from this study's config; expected the same retrain so the scores "
-                        "are comparable")
+    check_scored_alike(arms, path, retrain_inputs(cfg), eval_seeds, "--chance")
     return [statistics.fmean(a["test_miou"]) for a in arms["architectures"] if a["arm"] == "random"]
 
 

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.analysis.paired import mean_or_nan
-from orchestrator.config import ExperimentConfig, config_to_dict, with_overrides
+from orchestrator.config import ExperimentConfig, config_from_dict, config_to_dict, with_overrides
 from orchestrator.io import storage
 from orchestrator.io.atomic import write_json
 from orchestrator.io.paths import absolute
-from orchestrator.sweep.retrain_trials import run_trials
+from orchestrator.sweep.retrain_trials import retrain_inputs, run_trials
 from search_space import Genotype
 from search_space.sampling import sample_genotypes
 
@@ -338,6 +338,32 @@ def evaluation_config(cfg: ExperimentConfig, overrides: list[str]) -> Experiment
         raise ArmsError(f"--eval-override {' '.join(outside)}: expected retrain.<key>=<value>; the evaluation "
                         "retrains may differ from the config in the retrain section only")
     return with_overrides(cfg, list(overrides), "--eval-override") if overrides else cfg
+
+
+def nested_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key.sub (x against y)`` for every leaf where two nested dicts differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += nested_differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key} ({x!r} against {y!r})")
+    return out
+
+
+def check_scored_alike(study: dict[str, Any], source: str, inputs: dict[str, Any], eval_seeds: list[int],
+                       what: str) -> None:
+    """A finished study (its ``arms.json``, read from ``source``) must have scored its architectures as another
+    does: the same evaluation seeds and evaluation retrain (`retrain_inputs`: the retrain and data sections, with
+    its --eval-override), else its scores are not comparable; ``what`` names the argument in the message."""
+    if study.get("eval_seeds") != list(eval_seeds):
+        raise ArmsError(f"{what} {source}: eval_seeds {study.get('eval_seeds')}, expected {list(eval_seeds)}")
+    evaluated = dict(study["config"], retrain=study.get("evaluation_retrain", study["config"]["retrain"]))
+    differ = nested_differences(retrain_inputs(config_from_dict(evaluated, source)), inputs)
+    if differ:
+        raise ArmsError(f"{what} {source}: its evaluation retrains differ: {'; '.join(differ)}; expected the same "
+                        "retrain and data so the scores are comparable")
 
 
 def run_arms(cfg: ExperimentConfig, plan: Plan, out: str, runs: str | None = None,
